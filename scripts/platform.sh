@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# The guide's entry point. Makes sure what the platform needs is installed, then runs the CLI.
+#
+#   ./scripts/platform.sh start video        start the replicated cluster (installs what is missing)
+#   ./scripts/platform.sh test               run every test (unit, lint, types, integration)
+#   ./scripts/platform.sh --help             every command
+#
+# What it installs when missing:
+#   as root: Debian packages (postgresql-15, haproxy, etcd-server, python3-venv) with apt-get;
+#   always: a virtual environment with Patroni and this project's Python dependencies.
+# Without root it installs nothing system-wide and says exactly what to install.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+export VIDEODB_HOME="$ROOT"
+PG_BIN=${VIDEODB_PG_BIN:-/usr/lib/postgresql/15/bin}
+SYS_PYTHON=${VIDEODB_PYTHON:-/usr/bin/python3}
+
+say() { printf 'platform.sh: %s\n' "$*" >&2; }
+
+is_root() { [[ $(id -u) -eq 0 ]]; }
+
+# The OS user PostgreSQL and Patroni run as: 'postgres' when we are root (initdb refuses root).
+service_user_can_reach() {
+  local path=$1
+  if ! is_root; then return 0; fi
+  id postgres >/dev/null 2>&1 || return 0   # user created by the postgresql package later
+  runuser -u postgres -- test -x "$path" 2>/dev/null
+}
+
+ensure_system_packages() {
+  local missing=()
+  [[ -x $PG_BIN/postgres && -x $PG_BIN/pg_basebackup ]] || missing+=(postgresql-15)
+  command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
+  command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
+  [[ -x $SYS_PYTHON ]] || missing+=(python3)
+  if [[ -x $SYS_PYTHON ]] && ! "$SYS_PYTHON" -c 'import venv, ensurepip' >/dev/null 2>&1; then
+    missing+=(python3-venv)
+  fi
+  ((${#missing[@]} == 0)) && return 0
+  if ! is_root; then
+    say "missing Debian packages: ${missing[*]}"
+    say "install them with: sudo apt-get update && sudo apt-get install -y ${missing[*]}"
+    exit 2
+  fi
+  say "installing Debian packages: ${missing[*]} (apt-get; this takes a minute)"
+  export DEBIAN_FRONTEND=noninteractive
+  if ! apt-get update -qq >&2 || ! apt-get install -y -qq "${missing[@]}" >&2; then
+    say "apt-get install ${missing[*]} failed; see the lines above, fix the package sources and run again"
+    exit 2
+  fi
+  # Debian enables the packaged services; this project runs its own instances instead.
+  for svc in haproxy etcd; do
+    if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$svc" 2>/dev/null; then
+      say "note: the system service '$svc' is running and may hold its default ports"
+    fi
+  done
+}
+
+choose_venv() {
+  if [[ -n ${VIDEODB_VENV:-} ]]; then
+    VENV=$VIDEODB_VENV
+  elif service_user_can_reach "$ROOT"; then
+    VENV=$ROOT/.venv
+  else
+    # PostgreSQL's user must execute Patroni from this environment; the checkout is closed to it.
+    VENV=/var/lib/videodb/venv-$(printf '%s' "$ROOT" | sha256sum | cut -c1-12)
+  fi
+}
+
+ensure_venv() {
+  local stamp_file=$VENV/.videodb-stamp stamp
+  stamp=$(cat "$ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1)
+  if [[ -x $VENV/bin/videodb && -f $stamp_file && $(cat "$stamp_file") == "$stamp" ]]; then
+    return 0
+  fi
+  say "preparing the Python environment in $VENV (Patroni, psycopg, supervisor, ...)"
+  mkdir -p "$(dirname "$VENV")"
+  if [[ ! -x $VENV/bin/python ]]; then
+    "$SYS_PYTHON" -m venv "$VENV" >&2
+  fi
+  if ! "$VENV/bin/pip" install --quiet --disable-pip-version-check -e "$ROOT[dev]" >&2; then
+    say "pip install into $VENV failed; see the lines above (is the package index reachable?)"
+    exit 2
+  fi
+  printf '%s\n' "$stamp" >"$stamp_file"
+  if is_root; then chmod -R a+rX "$VENV"; fi
+}
+
+run_tests() {
+  cd "$ROOT"
+  local py=$VENV/bin
+  say "lint (ruff) and types (mypy)"
+  "$py/ruff" check src tests bench
+  "$py/ruff" format --check src tests bench
+  "$py/mypy"
+  say "tests (unit, then integration against real servers)"
+  set +e
+  "$py/pytest" "$@"
+  local rc=$?
+  set -e
+  if ((rc == 5)); then
+    say "pytest collected no test"
+  fi
+  return $rc
+}
+
+main() {
+  ensure_system_packages
+  choose_venv
+  ensure_venv
+  if [[ ${1:-} == test ]]; then
+    shift
+    run_tests "$@"
+    return
+  fi
+  exec "$VENV/bin/videodb" "$@"
+}
+
+main "$@"

@@ -1,0 +1,376 @@
+"""The command line: parse, call the library, render. The only place with exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from videodb import __version__, render_text
+from videodb.cluster import backup, lifecycle, promote, replication, status, tools
+from videodb.cluster.haproxy_stats import fetch_server_status, stats_url
+from videodb.config import LoadedSettings, default_config_file, load_settings, redacted
+from videodb.errors import ConfigError, VideoDBError
+from videodb.layout import StateLayout, project_home, resolve_layout
+from videodb.secrets import load_secrets
+
+app = typer.Typer(
+    name="platform.sh",
+    help=(
+        "The video platform's replicated PostgreSQL: etcd, two Patroni-managed PostgreSQL 15 "
+        "nodes and HAProxy (write 5435, read 5436, stats 8404) on 127.0.0.1."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+# Tables stay readable when piped (rich would otherwise assume 80 columns).
+out = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+
+
+@dataclass
+class Context:
+    config_file: Path | None
+    state_dir: Path | None
+    assignments: list[str] = field(default_factory=list)
+    _loaded: LoadedSettings | None = None
+
+    def loaded(self) -> LoadedSettings:
+        if self._loaded is None:
+            assignments = list(self.assignments)
+            if self.state_dir is not None:
+                assignments.append(f"state_dir={self.state_dir}")
+            file = self.config_file or default_config_file(project_home())
+            self._loaded = load_settings(
+                file, assignments=assignments, require_file=self.config_file is not None
+            )
+        return self._loaded
+
+    def layout(self) -> StateLayout:
+        return resolve_layout(self.loaded().settings)
+
+
+def _ctx(ctx: typer.Context) -> Context:
+    obj = ctx.obj
+    assert isinstance(obj, Context)
+    return obj
+
+
+def _print_json(data: Any) -> None:
+    out.print_json(json.dumps(data, default=str))
+
+
+def _fail(exc: VideoDBError) -> NoReturn:
+    err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+    sys.exit(exc.exit_code)
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"videodb {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    ctx: typer.Context,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            envvar="VIDEODB_CONFIG",
+            help="TOML config file (default: config/platform.toml in the checkout).",
+        ),
+    ] = None,
+    state_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--state-dir",
+            help="Where data, logs, configs and secrets live (default: .state in the checkout; "
+            "env VIDEODB_STATE_DIR).",
+        ),
+    ] = None,
+    assignments: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            metavar="KEY=VALUE",
+            help="Override one config key, e.g. --set haproxy.write_port=6435 (repeatable). "
+            "Environment: VIDEODB__HAPROXY__WRITE_PORT=6435; DB_USERNAME / DB_PASSWORD.",
+        ),
+    ] = None,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show version.")
+    ] = False,
+) -> None:
+    ctx.obj = Context(config, state_dir, list(assignments or []))
+
+
+@app.command()
+def start(
+    ctx: typer.Context,
+    target: Annotated[str, typer.Argument(help="What to start: 'video' (the cluster).")] = "video",
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for a healthy cluster.")] = 180.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Start etcd, both PostgreSQL nodes (Patroni) and HAProxy; wait until healthy."""
+    if target != "video":
+        raise ConfigError(f"unknown target {target!r}; use 'start video'")
+    c = _ctx(ctx)
+    settings = c.loaded().settings
+    layout = c.layout()
+    began = time.monotonic()
+
+    def progress(message: str) -> None:
+        if not as_json:
+            err.print(f"[dim]{time.monotonic() - began:6.1f}s[/] {message}", highlight=False)
+
+    result = lifecycle.start(settings, layout, timeout=timeout, progress=progress)
+    for warning in result.warnings:
+        err.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    if as_json:
+        _print_json(
+            {
+                "already_running": result.already_running,
+                "state_dir": str(result.state_dir),
+                "elapsed_s": round(result.elapsed_s, 2),
+                "primary": result.primary,
+                "ports": settings.all_ports(),
+            }
+        )
+        return
+    if result.already_running:
+        out.print(f"already running (state {result.state_dir}); nothing changed")
+    else:
+        out.print(f"healthy in {result.elapsed_s:.1f} s; primary is {result.primary}")
+    out.print(render_text.ports_table(settings, result.primary))
+
+
+@app.command()
+def stop(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """Stop every process of the platform. The data stays."""
+    c = _ctx(ctx)
+    result = lifecycle.stop(c.loaded().settings, c.layout())
+    if as_json:
+        _print_json({"was_running": result.was_running, "stopped_pids": result.stopped_pids})
+    else:
+        out.print("stopped" if result.was_running else "not running; nothing to stop")
+
+
+@app.command()
+def restart(
+    ctx: typer.Context,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for a healthy cluster.")] = 180.0,
+) -> None:
+    """Stop, then start again (applies a changed config)."""
+    stop(ctx, as_json=False)
+    start(ctx, target="video", timeout=timeout, as_json=False)
+
+
+@app.command()
+def destroy(
+    ctx: typer.Context,
+    force: Annotated[bool, typer.Option("--force", help="Do not ask.")] = False,
+) -> None:
+    """Stop everything and delete the state directory: data, logs, secrets and backups."""
+    c = _ctx(ctx)
+    layout = c.layout()
+    if not force:
+        typer.confirm(
+            f"Delete {layout.root} with all its data, logs, secrets and backups?", abort=True
+        )
+    lifecycle.destroy(c.loaded().settings, layout)
+    out.print(f"removed {layout.root}")
+
+
+@app.command("status")
+def status_cmd(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """Every process with its role, pid, port and health. Exit 1 if unhealthy, 3 if stopped."""
+    c = _ctx(ctx)
+    report = status.platform_status(c.loaded().settings, c.layout())
+    if as_json:
+        _print_json(report.as_dict())
+    else:
+        out.print(render_text.status_table(report))
+    if not report.running:
+        raise typer.Exit(3)
+    if not report.healthy:
+        raise typer.Exit(1)
+
+
+@app.command("replication-status")
+def replication_status(
+    ctx: typer.Context,
+    max_lag: Annotated[
+        float, typer.Option("--max-lag", help="Seconds of lag above which to exit 1.")
+    ] = replication.DEFAULT_MAX_LAG_S,
+    as_json: JsonOpt = False,
+) -> None:
+    """Per replica: state, sent/write/flush/replay LSN, lag (bytes, s), slot, sync state.
+
+    Exit 1 when a replica is not streaming or lags more than --max-lag seconds.
+    """
+    c = _ctx(ctx)
+    layout = c.layout()
+    report = replication.replication_report(
+        c.loaded().settings, load_secrets(layout), max_lag_s=max_lag
+    )
+    if as_json:
+        _print_json(report.as_dict())
+    else:
+        out.print(render_text.replication_table(report))
+        for replica in report.replicas:
+            if replica.problem:
+                err.print(f"[red]problem:[/] {replica.problem}", highlight=False)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@app.command("haproxy-stats")
+def haproxy_stats(
+    ctx: typer.Context,
+    url: Annotated[bool, typer.Option("--url", help="Only print the stats page address.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Each HAProxy backend server: UP/DOWN, sessions, response time."""
+    settings = _ctx(ctx).loaded().settings
+    if url:
+        out.print(stats_url(settings), highlight=False)
+        return
+    servers = fetch_server_status(settings)
+    if as_json:
+        _print_json({"url": stats_url(settings), "servers": [s.as_dict() for s in servers]})
+    else:
+        out.print(render_text.haproxy_table(servers))
+        out.print(
+            f"stats page: {stats_url(settings)}   metrics: {stats_url(settings)[:-6]}/metrics"
+        )
+
+
+@app.command()
+def logs(
+    ctx: typer.Context,
+    service: Annotated[
+        str,
+        typer.Argument(
+            help="postgres-video-master, postgres-video-slave, haproxy-postgres, etcd, supervisord"
+        ),
+    ],
+    follow: Annotated[
+        bool, typer.Option("-f", "--follow", help="Keep printing new lines.")
+    ] = False,
+    lines: Annotated[int, typer.Option("-n", "--lines", help="Lines to show.", min=0)] = 100,
+) -> None:
+    """A service's logs (Patroni's and PostgreSQL's for a database node)."""
+    c = _ctx(ctx)
+    files = tools.log_files(c.loaded().settings, c.layout(), service)
+    argv = tools.tail_command(files, lines, follow)
+    sys.stdout.flush()
+    os.execvp(argv[0], argv)
+
+
+@app.command("shell-video")
+def shell_video(
+    ctx: typer.Context,
+    command: Annotated[
+        str | None, typer.Option("-c", "--command", help="Run one SQL command.")
+    ] = None,
+) -> None:
+    """psql as the superuser on the current master, database video_platform."""
+    c = _ctx(ctx)
+    argv, env = tools.psql_command(c.loaded().settings, c.layout(), command)
+    sys.stdout.flush()
+    if command is not None:
+        raise typer.Exit(subprocess.run(argv, env=env, check=False).returncode)
+    os.execve(argv[0], argv, env)
+
+
+@app.command("promote-slave")
+def promote_slave(
+    ctx: typer.Context,
+    to: Annotated[
+        str | None, typer.Option("--to", help="Node to promote (default: the slave).")
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Do not ask for confirmation.")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the new master.")] = 60.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """EMERGENCY: promote the slave to master. The old master rejoins as a replica."""
+    c = _ctx(ctx)
+    settings = c.loaded().settings
+    secrets = load_secrets(c.layout())
+    candidate = promote.choose_candidate(settings, to)
+    if not force:
+        typer.confirm(
+            f"Promote {candidate} to master? Writes pause until it is promoted.", abort=True
+        )
+    result = promote.promote(settings, secrets, candidate, timeout=timeout)
+    if as_json:
+        _print_json(
+            {
+                "old_primary": result.old_primary,
+                "new_primary": result.new_primary,
+                "elapsed_s": round(result.elapsed_s, 3),
+            }
+        )
+    else:
+        out.print(
+            f"{result.new_primary} is the master (was {result.old_primary}); write port "
+            f"{settings.haproxy.write_port} follows it ({result.elapsed_s:.1f} s)"
+        )
+
+
+@app.command("backup-video")
+def backup_video(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """pg_dump (custom format) of video_platform from the master into backups/."""
+    c = _ctx(ctx)
+    result = backup.dump_database(c.loaded().settings, c.layout())
+    if as_json:
+        _print_json(
+            {
+                "path": str(result.path),
+                "size_bytes": result.size_bytes,
+                "source": result.source,
+                "elapsed_s": round(result.elapsed_s, 3),
+            }
+        )
+    else:
+        out.print(f"{result.path}  {result.size_bytes} bytes (from {result.source})")
+
+
+@app.command("config")
+def config_cmd(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """Print the effective configuration, secrets redacted, with where overrides came from."""
+    c = _ctx(ctx)
+    loaded = c.loaded()
+    layout = c.layout()
+    data = redacted(loaded.settings)
+    data["state_dir"] = str(layout.root)
+    doc = {
+        "config_file": str(loaded.config_file) if loaded.config_file else None,
+        "overrides": loaded.sources,
+        "settings": data,
+    }
+    if as_json:
+        _print_json(doc)
+    else:
+        out.print(render_text.config_text(doc), highlight=False)
+
+
+def main() -> None:
+    try:
+        app()
+    except VideoDBError as exc:
+        _fail(exc)

@@ -1,0 +1,85 @@
+"""Is the cluster healthy? One snapshot of etcd, Patroni and HAProxy, with the reasons if not."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from dataclasses import dataclass, field
+
+from videodb.cluster.haproxy_stats import ServerStatus, fetch_server_status
+from videodb.cluster.patroni_api import MemberStatus, PatroniAPI, Role
+from videodb.cluster.render import READ_BACKEND, WRITE_BACKEND
+from videodb.config import Settings
+from videodb.errors import NotRunningError
+
+
+def etcd_healthy(settings: Settings, timeout: float = 1.0) -> bool:
+    url = f"http://{settings.listen_host}:{settings.etcd.client_port}/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return bool(json.loads(resp.read()).get("health") == "true")
+    except (OSError, ValueError):
+        return False
+
+
+@dataclass
+class HealthReport:
+    etcd: bool
+    members: list[MemberStatus]
+    servers: list[ServerStatus]
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def healthy(self) -> bool:
+        return not self.problems
+
+    @property
+    def primary(self) -> str | None:
+        primaries = [m.name for m in self.members if m.role is Role.PRIMARY and m.healthy]
+        return primaries[0] if len(primaries) == 1 else None
+
+
+def check_health(settings: Settings, *, check_haproxy: bool = True) -> HealthReport:
+    api = PatroniAPI(settings)
+    etcd = etcd_healthy(settings)
+    members = api.members()
+    problems: list[str] = []
+    if not etcd:
+        problems.append("etcd is not healthy")
+    primaries = [m for m in members if m.role is Role.PRIMARY and m.state == "running"]
+    if len(primaries) != 1:
+        names = [m.name for m in primaries]
+        problems.append(f"expected exactly one running primary, found {len(primaries)} {names}")
+    for member in members:
+        if member.role is Role.PRIMARY:
+            continue
+        if not member.reachable:
+            problems.append(f"{member.name}: Patroni not reachable")
+        elif member.state != "running":
+            problems.append(f"{member.name}: postgres {member.state}")
+        elif member.replication_state != "streaming":
+            problems.append(f"{member.name}: replica not streaming ({member.replication_state})")
+    servers: list[ServerStatus] = []
+    if check_haproxy:
+        try:
+            servers = fetch_server_status(settings)
+        except NotRunningError:
+            problems.append("HAProxy stats not reachable")
+        else:
+            problems += _haproxy_problems(members, servers)
+    return HealthReport(etcd=etcd, members=members, servers=servers, problems=problems)
+
+
+def _haproxy_problems(members: list[MemberStatus], servers: list[ServerStatus]) -> list[str]:
+    problems = []
+    state = {(s.backend, s.server): s.up for s in servers}
+    for member in members:
+        want_write = member.role is Role.PRIMARY and member.healthy
+        if state.get((WRITE_BACKEND, member.name)) != want_write:
+            problems.append(
+                f"HAProxy write backend has {member.name} "
+                f"{'DOWN' if want_write else 'UP'}, expected {'UP' if want_write else 'DOWN'}"
+            )
+        if member.healthy and not state.get((READ_BACKEND, member.name)):
+            problems.append(f"HAProxy read backend has {member.name} DOWN, expected UP")
+    return problems

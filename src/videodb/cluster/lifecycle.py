@@ -1,0 +1,267 @@
+"""Start, stop, restart and destroy the platform under one state directory."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from videodb.cluster import render
+from videodb.cluster.health import HealthReport, check_health, etcd_healthy
+from videodb.cluster.patroni_api import PatroniAPI
+from videodb.cluster.pg import ensure_application_database
+from videodb.cluster.preflight import check_prerequisites
+from videodb.cluster.supervisor import (
+    Supervisor,
+    start_supervisord,
+    stop_supervisord,
+    supervisord_pid,
+)
+from videodb.config import Settings
+from videodb.errors import ClusterError, TimeoutExpired
+from videodb.layout import ServiceUser, StateLayout, service_user
+from videodb.secrets import ClusterSecrets, ensure_secrets, write_pgpass, write_private
+from videodb.waiting import wait_for
+
+Progress = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    return None
+
+
+@dataclass
+class StartResult:
+    already_running: bool
+    state_dir: Path
+    elapsed_s: float
+    primary: str | None
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class StopResult:
+    was_running: bool
+    stopped_pids: list[int] = field(default_factory=list)
+
+
+def _own(path: Path, user: ServiceUser, mode: int) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, mode)
+    if not user.is_current:
+        os.chown(path, user.uid, user.gid)
+
+
+def _write_service_file(path: Path, text: str, user: ServiceUser) -> None:
+    write_private(path, text)
+    if not user.is_current:
+        os.chown(path, user.uid, user.gid)
+
+
+def is_fresh(settings: Settings, layout: StateLayout) -> bool:
+    """No node has a data directory yet: the next start bootstraps a new cluster."""
+    return not any((layout.node_data(n.name) / "PG_VERSION").exists() for n in settings.nodes)
+
+
+def prepare_state(
+    settings: Settings,
+    layout: StateLayout,
+    user: ServiceUser,
+    tools: render.Toolchain,
+    held_back: frozenset[str] = frozenset(),
+) -> ClusterSecrets:
+    """Create the directories and (re)write every generated file from the settings."""
+    layout.root.mkdir(parents=True, exist_ok=True)
+    os.chmod(layout.root, 0o755)
+    for public in (layout.conf, layout.logs, layout.run, layout.backups):
+        public.mkdir(parents=True, exist_ok=True)
+    os.chmod(layout.conf, 0o755)
+    _own(layout.data, user, 0o700)
+    _own(layout.service_run, user, 0o700)
+    for node in settings.nodes:
+        _own(layout.postgres_log_dir(node.name), user, 0o750)
+    secrets = ensure_secrets(layout)
+    write_pgpass(
+        layout, settings.listen_host, settings.database.superuser, secrets.superuser_password
+    )
+    for node in settings.nodes:
+        config = render.patroni_config(settings, layout, node, secrets, tools)
+        _write_service_file(layout.patroni_config(node.name), render.render_patroni(config), user)
+    _write_service_file(layout.haproxy_config(), render.haproxy_config(settings, layout), user)
+    layout.supervisor_config().write_text(
+        render.supervisor_config(settings, layout, tools, user, held_back), encoding="utf-8"
+    )
+    return secrets
+
+
+def validate_haproxy(tools: render.Toolchain, layout: StateLayout) -> None:
+    result = subprocess.run(
+        [str(tools.haproxy), "-c", "-q", "-f", str(layout.haproxy_config())],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise ClusterError(
+            f"generated HAProxy config {layout.haproxy_config()} is invalid: "
+            f"{(result.stderr or result.stdout).strip()}"
+        )
+
+
+def is_running(layout: StateLayout) -> bool:
+    return supervisord_pid(layout) is not None
+
+
+def start(
+    settings: Settings,
+    layout: StateLayout,
+    *,
+    timeout: float = 180.0,
+    progress: Progress = _quiet,
+) -> StartResult:
+    began = time.monotonic()
+    warnings = []
+    if settings.uses_dev_password():
+        warnings.append(
+            f"the application role {settings.database.app_user} uses the development default "
+            "password; set DB_PASSWORD (or database.app_password) for anything but development"
+        )
+    if is_running(layout):
+        report = check_health(settings)
+        return StartResult(True, layout.root, 0.0, report.primary, warnings)
+    user = service_user()
+    progress("checking ports and binaries")
+    tools = check_prerequisites(settings, layout, user)
+    # A new cluster is bootstrapped by the first node (the guide's master); the others start
+    # once it leads and clone from it. An existing cluster starts all nodes together, so that
+    # Patroni elects the most advanced one and no acknowledged write is rewound away.
+    fresh = is_fresh(settings, layout)
+    held_back = frozenset(n.name for n in settings.nodes[1:]) if fresh else frozenset()
+    progress(f"writing configuration under {layout.root}")
+    secrets = prepare_state(settings, layout, user, tools, held_back)
+    validate_haproxy(tools, layout)
+    progress(f"starting supervisord (etcd, Patroni x{len(settings.nodes)}, HAProxy)")
+    supervisor = start_supervisord(layout)
+    deadline = began + timeout
+    try:
+        _wait_cluster(settings, layout, secrets, deadline, progress, supervisor, held_back)
+    except TimeoutExpired as exc:
+        raise TimeoutExpired(
+            f"{exc}; the platform is left running for inspection: see 'platform.sh status' and "
+            f"'platform.sh logs <service>', or 'platform.sh stop'"
+        ) from exc
+    report = check_health(settings, check_haproxy=False)
+    return StartResult(False, layout.root, time.monotonic() - began, report.primary, warnings)
+
+
+def _remaining(deadline: float) -> float:
+    return max(1.0, deadline - time.monotonic())
+
+
+def _wait_cluster(
+    settings: Settings,
+    layout: StateLayout,
+    secrets: ClusterSecrets,
+    deadline: float,
+    progress: Progress,
+    supervisor: Supervisor,
+    held_back: frozenset[str],
+) -> None:
+    logs = layout.logs
+    progress("waiting for etcd")
+    wait_for(
+        lambda: etcd_healthy(settings),
+        timeout=_remaining(deadline),
+        what="etcd healthy",
+        hint=f"see {logs / 'etcd.log'}",
+    )
+    progress("waiting for Patroni to elect a primary")
+    api = PatroniAPI(settings)
+    primary = wait_for(
+        api.leader,
+        timeout=_remaining(deadline),
+        what="a running primary",
+        hint=f"see {logs}/<node>.log ('platform.sh logs {settings.nodes[0].name}')",
+    )
+    progress(f"primary is {primary.name}; creating role {settings.database.app_user} and database")
+    ensure_application_database(settings, secrets, primary)
+    for name in sorted(held_back):
+        progress(f"starting {name} (clones from {primary.name})")
+        supervisor.start_program(name)
+    progress("waiting for the replicas to stream and HAProxy to route")
+    last: list[HealthReport] = []
+
+    def healthy() -> bool:
+        report = check_health(settings)
+        last[:] = [report]
+        return report.healthy
+
+    try:
+        wait_for(healthy, timeout=_remaining(deadline), what="a healthy cluster", interval=0.3)
+    except TimeoutExpired as exc:
+        problems = "; ".join(last[0].problems) if last else "unknown"
+        raise TimeoutExpired(f"{exc} ({problems})") from exc
+
+
+def stop(settings: Settings, layout: StateLayout, timeout: float = 120.0) -> StopResult:
+    """Stop every process this state directory started; the data stays."""
+    result = StopResult(was_running=False)
+    pid = stop_supervisord(layout, timeout=timeout)
+    if pid is not None:
+        result.was_running = True
+        result.stopped_pids.append(pid)
+    # Patroni stops PostgreSQL when it exits; a postmaster left behind (Patroni killed -9) is
+    # found through its data directory and stopped the way PostgreSQL wants.
+    for node in settings.nodes:
+        data_dir = layout.node_data(node.name)
+        pm_pid = postmaster_pid(data_dir)
+        if pm_pid is None:
+            continue
+        result.was_running = True
+        _pg_ctl_stop(settings, data_dir)
+        result.stopped_pids.append(pm_pid)
+    return result
+
+
+def postmaster_pid(data_dir: Path) -> int | None:
+    """The pid in postmaster.pid, if that process is alive and is a postgres."""
+    try:
+        pid = int((data_dir / "postmaster.pid").read_text().splitlines()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    try:
+        comm = Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return None
+    return pid if comm.startswith("postgres") else None
+
+
+def _pg_ctl_stop(settings: Settings, data_dir: Path) -> None:
+    user = service_user()
+    argv = [str(settings.postgresql.bin_dir / "pg_ctl"), "stop", "-m", "fast", "-w", "-D"]
+    argv.append(str(data_dir))
+    if not user.is_current:
+        argv = ["runuser", "-u", user.name, "--", *argv]
+    subprocess.run(argv, capture_output=True, check=False, timeout=120)
+    if postmaster_pid(data_dir) is not None:
+        raise ClusterError(
+            f"postgres in {data_dir} did not stop; see its log under the state directory's logs/"
+        )
+
+
+def destroy(settings: Settings, layout: StateLayout) -> StopResult:
+    """Stop everything and remove the state directory (data, logs, secrets, backups)."""
+    root = layout.root
+    if root.exists() and any(root.iterdir()) and not layout.supervisor_config().exists():
+        raise ClusterError(
+            f"{root} does not look like a videodb state directory (no conf/supervisord.conf); "
+            "refusing to delete it"
+        )
+    result = stop(settings, layout)
+    if root.exists():
+        shutil.rmtree(root)
+    return result

@@ -1,0 +1,71 @@
+"""Connections to one node as the superuser, and the application role and database."""
+
+from __future__ import annotations
+
+import psycopg
+from psycopg import sql
+
+from videodb.config import NodeSpec, Settings
+from videodb.secrets import ClusterSecrets
+
+
+def connect_superuser(
+    settings: Settings,
+    secrets: ClusterSecrets,
+    node: NodeSpec,
+    dbname: str = "postgres",
+    timeout: float = 3.0,
+) -> psycopg.Connection[tuple[object, ...]]:
+    """A superuser connection over TCP; the password goes in the connection, never argv."""
+    return psycopg.connect(
+        host=settings.listen_host,
+        port=node.port,
+        user=settings.database.superuser,
+        password=secrets.superuser_password,
+        dbname=dbname,
+        connect_timeout=max(1, int(timeout)),
+        autocommit=True,
+        application_name="videodb-cli",
+    )
+
+
+def ensure_application_database(
+    settings: Settings, secrets: ClusterSecrets, primary: NodeSpec
+) -> None:
+    """Create or update the application role (LOGIN only) and the database it owns.
+
+    The password is sent as a SCRAM verifier computed here, so its clear text never reaches the
+    server's logs. Only the application role may connect to the database.
+    """
+    db = settings.database
+    with connect_superuser(settings, secrets, primary) as conn:
+        verifier = conn.pgconn.encrypt_password(
+            db.app_password.get_secret_value().encode(), db.app_user.encode(), b"scram-sha-256"
+        ).decode()
+        exists = conn.execute(
+            "SELECT 1 FROM pg_roles WHERE rolname = %s", (db.app_user,)
+        ).fetchone()
+        verb = "ALTER" if exists else "CREATE"
+        conn.execute(
+            sql.SQL(
+                verb + " ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION "
+                "PASSWORD {}"
+            ).format(sql.Identifier(db.app_user), sql.Literal(verifier))
+        )
+        has_db = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (db.name,)).fetchone()
+        if not has_db:
+            conn.execute(
+                sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                    sql.Identifier(db.name), sql.Identifier(db.app_user)
+                )
+            )
+        conn.execute(
+            sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(sql.Identifier(db.name))
+        )
+        conn.execute(
+            sql.SQL("GRANT CONNECT, TEMPORARY ON DATABASE {} TO {}").format(
+                sql.Identifier(db.name), sql.Identifier(db.app_user)
+            )
+        )
+    with connect_superuser(settings, secrets, primary, dbname=db.name) as conn:
+        conn.execute(sql.SQL("ALTER SCHEMA public OWNER TO {}").format(sql.Identifier(db.app_user)))

@@ -1,0 +1,162 @@
+"""Talk to supervisord, the process supervisor that runs etcd, Patroni and HAProxy."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import xmlrpc.client
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+from supervisor.xmlrpc import SupervisorTransport
+
+from videodb.errors import ClusterError, NotRunningError
+from videodb.layout import StateLayout
+from videodb.waiting import wait_for
+
+
+@dataclass(frozen=True)
+class ProgramStatus:
+    """One supervised program as supervisord sees it."""
+
+    name: str
+    state: str  # RUNNING, STARTING, STOPPED, BACKOFF, EXITED, FATAL, ...
+    pid: int | None
+    uptime_s: float | None
+
+    @property
+    def running(self) -> bool:
+        return self.state == "RUNNING"
+
+
+def supervisord_binary() -> Path:
+    return Path(sys.executable).parent / "supervisord"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def supervisord_pid(layout: StateLayout) -> int | None:
+    """The pid of this state directory's supervisord, if it is alive."""
+    try:
+        pid = int(layout.supervisor_pidfile().read_text().strip())
+    except (OSError, ValueError):
+        return None
+    if not _pid_alive(pid):
+        return None
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return None
+    return pid if "supervisord" in cmdline else None
+
+
+class Supervisor:
+    """A client for one supervisord over its private unix socket."""
+
+    def __init__(self, layout: StateLayout) -> None:
+        self.layout = layout
+        transport = SupervisorTransport(None, None, f"unix://{layout.supervisor_socket()}")
+        self._proxy: Any = xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
+
+    def _call(self, method: str, *args: Any) -> Any:
+        target = self._proxy.supervisor
+        try:
+            return getattr(target, method)(*args)
+        except xmlrpc.client.Fault as exc:
+            raise ClusterError(f"supervisord refused {method}{args}: {exc.faultString}") from exc
+        except OSError as exc:
+            raise NotRunningError(
+                f"supervisord is not answering on {self.layout.supervisor_socket()} ({exc}); "
+                "is the platform running? try 'platform.sh status'"
+            ) from exc
+
+    def answering(self) -> bool:
+        try:
+            return bool(self._call("getState")["statename"] == "RUNNING")
+        except ClusterError:
+            return False
+
+    def programs(self) -> list[ProgramStatus]:
+        infos = cast(list[dict[str, Any]], self._call("getAllProcessInfo"))
+        result = []
+        for info in infos:
+            pid = int(info["pid"]) or None
+            uptime = float(info["now"] - info["start"]) if pid else None
+            result.append(ProgramStatus(info["name"], info["statename"], pid, uptime))
+        return result
+
+    def program(self, name: str) -> ProgramStatus:
+        for prog in self.programs():
+            if prog.name == name:
+                return prog
+        raise ClusterError(f"supervisord has no program {name!r}")
+
+    def start_program(self, name: str) -> None:
+        if not self.program(name).running:
+            self._call("startProcess", name, True)
+
+    def stop_program(self, name: str) -> None:
+        if self.program(name).state in ("RUNNING", "STARTING", "BACKOFF"):
+            self._call("stopProcess", name, True)
+
+    def shutdown(self) -> None:
+        self._call("shutdown")
+
+
+def start_supervisord(layout: StateLayout, timeout: float = 15.0) -> Supervisor:
+    """Start supervisord (it daemonizes) and wait until it answers on its socket."""
+    binary = supervisord_binary()
+    if not binary.exists():
+        raise ClusterError(
+            f"{binary} not found; run the CLI from the project's environment ('platform.sh ...')"
+        )
+    result = subprocess.run(
+        [str(binary), "-c", str(layout.supervisor_config())],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise ClusterError(
+            f"supervisord failed to start (exit {result.returncode}): "
+            f"{(result.stderr or result.stdout).strip()}; see {layout.program_log('supervisord')}"
+        )
+    client = Supervisor(layout)
+    wait_for(
+        lambda: client.answering(),
+        timeout=timeout,
+        what="supervisord answering",
+        hint=f"see {layout.program_log('supervisord')}",
+    )
+    return client
+
+
+def stop_supervisord(layout: StateLayout, timeout: float = 120.0) -> int | None:
+    """Ask supervisord to stop every program and exit; wait for its pid to go. Returns that pid."""
+    pid = supervisord_pid(layout)
+    if pid is None:
+        return None
+    try:
+        Supervisor(layout).shutdown()
+    except NotRunningError:
+        os.kill(pid, 15)
+    deadline = time.monotonic() + timeout
+    while _pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if _pid_alive(pid):
+        raise ClusterError(
+            f"supervisord (pid {pid}) still running {timeout:.0f} s after shutdown; "
+            f"see {layout.program_log('supervisord')}"
+        )
+    return pid

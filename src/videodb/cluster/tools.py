@@ -1,0 +1,59 @@
+"""Commands the CLI hands over to: psql on the primary, tail on a service's logs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from videodb.cluster.patroni_api import PatroniAPI
+from videodb.cluster.render import ETCD_PROGRAM, HAPROXY_PROGRAM
+from videodb.config import Settings
+from videodb.errors import ClusterError, ConfigError
+from videodb.layout import StateLayout
+
+
+def psql_command(
+    settings: Settings, layout: StateLayout, sql: str | None = None
+) -> tuple[list[str], dict[str, str]]:
+    """psql as the superuser on the current primary; the password comes from a 0600 pgpass file."""
+    primary = PatroniAPI(settings).leader()
+    if primary is None:
+        raise ClusterError("no running primary to connect to; see 'platform.sh status'")
+    argv = [
+        str(settings.postgresql.bin_dir / "psql"),
+        f"--host={settings.listen_host}",
+        f"--port={primary.port}",
+        f"--username={settings.database.superuser}",
+        f"--dbname={settings.database.name}",
+        "--no-password",
+    ]
+    if sql is not None:
+        argv += ["-v", "ON_ERROR_STOP=1", f"--command={sql}"]
+    env = {**os.environ, "PGPASSFILE": str(layout.pgpass())}
+    return argv, env
+
+
+def services(settings: Settings) -> list[str]:
+    return [*(n.name for n in settings.nodes), HAPROXY_PROGRAM, ETCD_PROGRAM, "supervisord"]
+
+
+def log_files(settings: Settings, layout: StateLayout, service: str) -> list[Path]:
+    known = services(settings)
+    if service not in known:
+        raise ConfigError(f"no service {service!r}; the services are: {', '.join(known)}")
+    files = [layout.program_log(service)]
+    if service in {n.name for n in settings.nodes}:
+        files.append(layout.postgres_log_dir(service) / "postgresql.log")
+    existing = [f for f in files if f.exists()]
+    if not existing:
+        raise ClusterError(
+            f"no log for {service} yet under {layout.logs}; has the platform been started?"
+        )
+    return existing
+
+
+def tail_command(files: list[Path], lines: int, follow: bool) -> list[str]:
+    argv = ["tail", "-n", str(lines)]
+    if follow:
+        argv.append("-F")
+    return [*argv, *(str(f) for f in files)]

@@ -1,0 +1,350 @@
+"""The settings model and its loader: defaults < TOML file < environment < flags.
+
+Every value has the guide's default. A bad value is reported with the source it came from (file,
+environment variable or flag), the dotted key, and the value seen.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+from videodb.errors import ConfigError
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+ParamValue = str | int | float | bool
+
+ENV_PREFIX = "VIDEODB__"
+DEV_APP_PASSWORD = "upload_pass"
+
+# The guide's "Performance Tuning" values, plus what replication and pg_rewind need.
+GUIDE_PARAMETERS: dict[str, ParamValue] = {
+    "wal_buffers": "16MB",
+    "checkpoint_completion_target": 0.9,
+    "max_wal_size": "1GB",
+    "shared_buffers": "256MB",
+    "effective_cache_size": "1GB",
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class NodeSpec(_Strict):
+    """One PostgreSQL node managed by Patroni."""
+
+    name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{0,62}$")]
+    port: Port
+    api_port: Port
+
+
+class EtcdSpec(_Strict):
+    client_port: Port = 2379
+    peer_port: Port = 2380
+    binary: str = "etcd"
+
+
+class HAProxySpec(_Strict):
+    write_port: Port = 5435
+    read_port: Port = 5436
+    stats_port: Port = 8404
+    binary: str = "haproxy"
+    maxconn: Annotated[int, Field(ge=10)] = 2000
+    check_interval_ms: Annotated[int, Field(ge=100, le=60_000)] = 1000
+    fast_interval_ms: Annotated[int, Field(ge=50, le=60_000)] = 250
+    rise: Annotated[int, Field(ge=1, le=10)] = 1
+    fall: Annotated[int, Field(ge=1, le=10)] = 2
+    timeout_connect: Annotated[str, Field(pattern=r"^\d+(ms|s|m)$")] = "250ms"
+    timeout_client: Annotated[str, Field(pattern=r"^\d+(ms|s|m|h)$")] = "30m"
+    timeout_server: Annotated[str, Field(pattern=r"^\d+(ms|s|m|h)$")] = "30m"
+
+
+class DatabaseSpec(_Strict):
+    name: Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]{0,62}$")] = "video_platform"
+    app_user: Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]{0,62}$")] = "upload_user"
+    app_password: SecretStr = SecretStr(DEV_APP_PASSWORD)
+    superuser: Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]{0,62}$")] = "postgres"
+    replication_user: Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]{0,62}$")] = "replicator"
+
+    @model_validator(mode="after")
+    def _distinct_roles(self) -> DatabaseSpec:
+        names = [self.app_user, self.superuser, self.replication_user]
+        if len(set(names)) != len(names):
+            raise ValueError(
+                f"app_user, superuser and replication_user must differ, got {names}; "
+                "each role has its own privileges"
+            )
+        if not self.app_password.get_secret_value():
+            raise ValueError("app_password is empty; set DB_PASSWORD or database.app_password")
+        return self
+
+
+class PatroniSpec(_Strict):
+    scope: Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{0,62}$")] = "video"
+    ttl: Annotated[int, Field(ge=20, le=3600)] = 20
+    loop_wait: Annotated[int, Field(ge=1, le=600)] = 2
+    retry_timeout: Annotated[int, Field(ge=3, le=600)] = 5
+    maximum_lag_on_failover: Annotated[int, Field(ge=0)] = 1_048_576
+
+    @model_validator(mode="after")
+    def _timings_fit(self) -> PatroniSpec:
+        if self.loop_wait + 2 * self.retry_timeout > self.ttl:
+            raise ValueError(
+                f"loop_wait + 2*retry_timeout must not exceed ttl, got "
+                f"{self.loop_wait} + 2*{self.retry_timeout} > {self.ttl}"
+            )
+        return self
+
+
+class PostgresSpec(_Strict):
+    bin_dir: Path = Path("/usr/lib/postgresql/15/bin")
+    parameters: dict[str, ParamValue] = Field(default_factory=lambda: dict(GUIDE_PARAMETERS))
+
+
+def _default_nodes() -> list[NodeSpec]:
+    return [
+        NodeSpec(name="postgres-video-master", port=5433, api_port=8008),
+        NodeSpec(name="postgres-video-slave", port=5434, api_port=8009),
+    ]
+
+
+class Settings(_Strict):
+    """The whole platform's desired configuration."""
+
+    state_dir: Path | None = None
+    listen_host: str = "127.0.0.1"
+    nodes: Annotated[list[NodeSpec], Field(min_length=2, max_length=9)] = Field(
+        default_factory=_default_nodes
+    )
+    etcd: EtcdSpec = Field(default_factory=EtcdSpec)
+    haproxy: HAProxySpec = Field(default_factory=HAProxySpec)
+    database: DatabaseSpec = Field(default_factory=DatabaseSpec)
+    patroni: PatroniSpec = Field(default_factory=PatroniSpec)
+    postgresql: PostgresSpec = Field(default_factory=PostgresSpec)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        try:
+            address = ipaddress.ip_address(self.listen_host)
+        except ValueError as exc:
+            raise ValueError(f"listen_host {self.listen_host!r} is not an IP address") from exc
+        if not address.is_loopback:
+            raise ValueError(
+                f"listen_host {self.listen_host!r} is not a loopback address; this platform "
+                "listens on 127.0.0.0/8 only"
+            )
+        names = [n.name for n in self.nodes]
+        if len(set(names)) != len(names):
+            raise ValueError(f"node names must be unique, got {names}")
+        ports = self.all_ports()
+        seen: dict[int, str] = {}
+        for what, port in ports.items():
+            if port in seen:
+                raise ValueError(f"port {port} is given to both {seen[port]} and {what}")
+            seen[port] = what
+        return self
+
+    def all_ports(self) -> dict[str, int]:
+        """Every TCP port the platform listens on, by what listens there."""
+        ports: dict[str, int] = {}
+        for node in self.nodes:
+            ports[f"{node.name} (postgres)"] = node.port
+            ports[f"{node.name} (patroni api)"] = node.api_port
+        ports["etcd client"] = self.etcd.client_port
+        ports["etcd peer"] = self.etcd.peer_port
+        ports["haproxy write"] = self.haproxy.write_port
+        ports["haproxy read"] = self.haproxy.read_port
+        ports["haproxy stats"] = self.haproxy.stats_port
+        return ports
+
+    def node(self, name: str) -> NodeSpec:
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        known = ", ".join(n.name for n in self.nodes)
+        raise ConfigError(f"no node named {name!r}; the nodes are: {known}")
+
+    def uses_dev_password(self) -> bool:
+        return self.database.app_password.get_secret_value() == DEV_APP_PASSWORD
+
+
+@dataclass
+class LoadedSettings:
+    """Settings plus where each overridden key came from (for messages and `config`)."""
+
+    settings: Settings
+    config_file: Path | None
+    sources: dict[str, str] = field(default_factory=dict)
+
+
+def default_config_file(home: Path) -> Path:
+    return home / "config" / "platform.toml"
+
+
+def _set_path(tree: dict[str, Any], path: Sequence[str], value: Any, source: str) -> None:
+    node: Any = tree
+    for i, key in enumerate(path[:-1]):
+        nxt = path[i + 1]
+        if isinstance(node, list):
+            idx = _index(node, key, path, source)
+            node = node[idx]
+            continue
+        if key not in node or not isinstance(node[key], dict | list):
+            node[key] = [] if nxt.isdigit() and key == "nodes" else {}
+        node = node[key]
+    last = path[-1]
+    if isinstance(node, list):
+        node[_index(node, last, path, source)] = value
+    else:
+        node[last] = value
+
+
+def _index(items: list[Any], key: str, path: Sequence[str], source: str) -> int:
+    dotted = ".".join(path)
+    if not key.isdigit():
+        raise ConfigError(f"{source}: key {dotted}: {key!r} is not a list index (0, 1, ...)")
+    idx = int(key)
+    if idx == len(items):
+        items.append({})
+    elif idx > len(items):
+        raise ConfigError(
+            f"{source}: key {dotted}: index {idx} is past the end of a list of {len(items)}"
+        )
+    return idx
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file {path} does not exist; pass an existing file") from exc
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from exc
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, dotted + "."))
+        elif isinstance(value, list) and value and all(isinstance(v, Mapping) for v in value):
+            for i, item in enumerate(value):
+                flat.update(_flatten(item, f"{dotted}.{i}."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def _env_overrides(env: Mapping[str, str]) -> list[tuple[str, str, str]]:
+    """(dotted key, value, source) from the environment."""
+    found: list[tuple[str, str, str]] = []
+    if "VIDEODB_STATE_DIR" in env:
+        found.append(("state_dir", env["VIDEODB_STATE_DIR"], "environment VIDEODB_STATE_DIR"))
+    for var, key in (
+        ("DB_USERNAME", "database.app_user"),
+        ("DB_PASSWORD", "database.app_password"),
+    ):
+        if var in env:
+            found.append((key, env[var], f"environment {var}"))
+    for var, value in sorted(env.items()):
+        if var.startswith(ENV_PREFIX) and len(var) > len(ENV_PREFIX):
+            key = var[len(ENV_PREFIX) :].lower().replace("__", ".")
+            found.append((key, value, f"environment {var}"))
+    return found
+
+
+_ASSIGNMENT = re.compile(r"^([a-z0-9_.]+)=(.*)$", re.DOTALL)
+
+
+def parse_assignments(items: Sequence[str]) -> list[tuple[str, str, str]]:
+    """`--set key=value` flags as (dotted key, value, source)."""
+    parsed = []
+    for item in items:
+        match = _ASSIGNMENT.match(item.strip())
+        if not match:
+            raise ConfigError(
+                f"flag --set {item!r} is not KEY=VALUE with a dotted lower-case key, "
+                "e.g. --set haproxy.write_port=6435"
+            )
+        parsed.append((match.group(1), match.group(2), f"flag --set {match.group(1)}"))
+    return parsed
+
+
+def load_settings(
+    config_file: Path | None,
+    *,
+    env: Mapping[str, str] | None = None,
+    assignments: Sequence[str] = (),
+    require_file: bool = False,
+) -> LoadedSettings:
+    """Merge defaults, the TOML file, the environment and `--set` flags, then validate."""
+    env = os.environ if env is None else env
+    tree: dict[str, Any] = Settings().model_dump(mode="python")
+    tree["database"]["app_password"] = DEV_APP_PASSWORD
+    sources: dict[str, str] = {}
+    if config_file is not None and (require_file or config_file.exists()):
+        file_tree = _read_toml(config_file)
+        for key, value in _flatten(file_tree).items():
+            _set_path(tree, key.split("."), value, str(config_file))
+            sources[key] = str(config_file)
+    else:
+        config_file = None
+    for key, value, source in [*_env_overrides(env), *parse_assignments(assignments)]:
+        _set_path(tree, key.split("."), value, source)
+        sources[key] = source
+    try:
+        settings = Settings.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, tree, sources, config_file)) from exc
+    return LoadedSettings(settings=settings, config_file=config_file, sources=sources)
+
+
+def _describe(
+    exc: ValidationError, tree: Mapping[str, Any], sources: Mapping[str, str], file: Path | None
+) -> str:
+    lines = []
+    for error in exc.errors():
+        loc = [str(part) for part in error["loc"]]
+        dotted = ".".join(loc)
+        source = _source_for(dotted, sources) or (str(file) if file else "defaults")
+        if error["type"] == "extra_forbidden":
+            lines.append(f"{source}: unknown key {dotted!r}; see 'platform.sh config' for the keys")
+            continue
+        value = error.get("input")
+        shown = "********" if "password" in dotted else repr(value)
+        where = f"key {dotted}" if dotted else "settings"
+        if isinstance(value, Mapping | list) and dotted:
+            lines.append(f"{source}: {where}: {error['msg']}")
+        else:
+            lines.append(f"{source}: {where}: bad value {shown} ({error['msg']})")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def _source_for(dotted: str, sources: Mapping[str, str]) -> str | None:
+    if dotted in sources:
+        return sources[dotted]
+    prefixed = [src for key, src in sources.items() if key.startswith(dotted + ".")]
+    if prefixed:
+        return prefixed[-1]
+    return None
+
+
+def redacted(settings: Settings) -> dict[str, Any]:
+    """The effective settings as plain data, with every secret replaced."""
+    data = settings.model_dump(mode="json")
+    data["database"]["app_password"] = "********"
+    return data

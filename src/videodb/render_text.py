@@ -1,0 +1,100 @@
+"""Human-readable renderings of the library's results (the CLI's tables)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from rich.table import Table
+
+from videodb.cluster.haproxy_stats import ServerStatus
+from videodb.cluster.replication import ReplicationReport
+from videodb.cluster.status import PlatformStatus
+from videodb.config import Settings
+
+
+def _mark(ok: bool) -> str:
+    return "[green]healthy[/]" if ok else "[red]UNHEALTHY[/]"
+
+
+def ports_table(settings: Settings, primary: str | None) -> Table:
+    host = settings.listen_host
+    table = Table(title="video platform", title_justify="left")
+    for column in ("service", "address", "purpose"):
+        table.add_column(column)
+    for node in settings.nodes:
+        role = "master (read/write)" if node.name == primary else "replica (read only)"
+        table.add_row(node.name, f"{host}:{node.port}", f"{role}, direct; infrastructure only")
+    h = settings.haproxy
+    table.add_row("HAProxy write", f"{host}:{h.write_port}", "writes, to the master only")
+    table.add_row("HAProxy read", f"{host}:{h.read_port}", "reads, master + replicas")
+    table.add_row("HAProxy stats", f"http://{host}:{h.stats_port}/stats", "stats; /metrics")
+    return table
+
+
+def status_table(report: PlatformStatus) -> Table:
+    title = f"state {report.state_dir}; supervisord " + (
+        f"pid {report.supervisor_pid}" if report.running else "NOT RUNNING"
+    )
+    table = Table(title=title, title_justify="left")
+    for column in ("service", "role", "state", "pid", "ports", "health", "detail"):
+        table.add_column(column)
+    for s in report.services:
+        pid = str(s.pid or "-")
+        if s.postgres_pid:
+            pid += f" (postgres {s.postgres_pid})"
+        ports = ", ".join(f"{k} {v}" for k, v in s.ports.items())
+        table.add_row(s.name, s.role, s.state, pid, ports, _mark(s.healthy), s.detail)
+    return table
+
+
+def replication_table(report: ReplicationReport) -> Table:
+    title = (
+        f"primary {report.primary}  timeline {report.timeline}  current LSN {report.current_lsn}"
+        f"  (alert above {report.max_lag_s:g} s)"
+    )
+    table = Table(title=title, title_justify="left")
+    columns = ("replica", "state", "sent", "write", "flush", "replay", "lag bytes", "lag s")
+    for column in (*columns, "slot", "sync"):
+        table.add_column(column)
+    for r in report.replicas:
+        state = f"[green]{r.state}[/]" if r.ok else f"[red]{r.state}[/]"
+        table.add_row(
+            r.name,
+            state,
+            r.sent_lsn or "-",
+            r.write_lsn or "-",
+            r.flush_lsn or "-",
+            r.replay_lsn or "-",
+            "-" if r.lag_bytes is None else str(r.lag_bytes),
+            "-" if r.lag_seconds is None else f"{r.lag_seconds:.3f}",
+            f"{r.slot_name} ({'active' if r.slot_active else 'inactive'})" if r.slot_name else "-",
+            r.sync_state or "-",
+        )
+    return table
+
+
+def haproxy_table(servers: list[ServerStatus]) -> Table:
+    table = Table()
+    for column in ("backend", "server", "status", "sessions", "total", "connect ms", "check"):
+        table.add_column(column)
+    for s in servers:
+        status = f"[green]{s.status}[/]" if s.up else f"[red]{s.status}[/]"
+        table.add_row(
+            s.backend,
+            s.server,
+            status,
+            str(s.current_sessions),
+            str(s.total_sessions),
+            "-" if s.avg_connect_ms is None else str(s.avg_connect_ms),
+            s.check_status,
+        )
+    return table
+
+
+def config_text(doc: dict[str, Any]) -> str:
+    lines = [f"# config file: {doc['config_file'] or '(none; defaults)'}"]
+    for key, source in doc["overrides"].items():
+        lines.append(f"# {key} from {source}")
+    lines.append(json.dumps(doc["settings"], indent=2))
+    return "\n".join(lines)
