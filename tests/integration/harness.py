@@ -1,0 +1,164 @@
+"""Helpers for integration tests: a real cluster on free ports, its CLI, its connections."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from videodb.cluster import lifecycle
+from videodb.cluster.supervisor import Supervisor
+from videodb.config import Settings
+from videodb.layout import StateLayout
+from videodb.ports import free_ports
+from videodb.secrets import ClusterSecrets, load_secrets
+
+CLI = str(Path(sys.executable).parent / "videodb")
+PORT_KEYS = (
+    "nodes.0.port",
+    "nodes.0.api_port",
+    "nodes.1.port",
+    "nodes.1.api_port",
+    "etcd.client_port",
+    "etcd.peer_port",
+    "haproxy.write_port",
+    "haproxy.read_port",
+    "haproxy.stats_port",
+)
+
+
+def make_workdir(prefix: str) -> Path:
+    """A temporary directory PostgreSQL's OS user can reach (mkdtemp makes 0700 ones)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    path.chmod(0o755)
+    return path
+
+
+def write_test_config(workdir: Path) -> Path:
+    ports = free_ports(len(PORT_KEYS))
+    values = dict(zip(PORT_KEYS, ports, strict=True))
+    text = f"""
+state_dir = "{workdir / "state"}"
+[[nodes]]
+name = "postgres-video-master"
+port = {values["nodes.0.port"]}
+api_port = {values["nodes.0.api_port"]}
+[[nodes]]
+name = "postgres-video-slave"
+port = {values["nodes.1.port"]}
+api_port = {values["nodes.1.api_port"]}
+[etcd]
+client_port = {values["etcd.client_port"]}
+peer_port = {values["etcd.peer_port"]}
+[haproxy]
+write_port = {values["haproxy.write_port"]}
+read_port = {values["haproxy.read_port"]}
+stats_port = {values["haproxy.stats_port"]}
+[postgresql.parameters]
+shared_buffers = "128MB"
+"""
+    path = workdir / "platform.toml"
+    path.write_text(text)
+    return path
+
+
+@dataclass
+class RunningCluster:
+    config_file: Path
+    settings: Settings
+    layout: StateLayout
+
+    @property
+    def secrets(self) -> ClusterSecrets:
+        return load_secrets(self.layout)
+
+    def cli(self, *args: str, check: bool = False, timeout: float = 120) -> CliResult:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("VIDEODB")}
+        env.pop("DB_PASSWORD", None)
+        env.pop("DB_USERNAME", None)
+        proc = subprocess.run(
+            [CLI, "--config", str(self.config_file), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+            check=False,
+        )
+        result = CliResult(proc.returncode, proc.stdout, proc.stderr)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"videodb {' '.join(args)} failed: {result}")
+        return result
+
+    def cli_json(self, *args: str, expect_rc: int | None = 0) -> Any:
+        """Run a command with --json; check its exit code unless expect_rc is None."""
+        result = self.cli(*args, "--json")
+        assert expect_rc is None or result.rc == expect_rc, result
+        return json.loads(result.stdout)
+
+    def app_connect(self, port: int, **kwargs: Any) -> psycopg.Connection[tuple[Any, ...]]:
+        db = self.settings.database
+        params: dict[str, Any] = {
+            "host": "127.0.0.1",
+            "port": port,
+            "user": db.app_user,
+            "password": db.app_password.get_secret_value(),
+            "dbname": db.name,
+            "connect_timeout": 3,
+            "autocommit": True,
+        }
+        params.update(kwargs)
+        return psycopg.connect(**params)
+
+    @property
+    def master(self) -> int:
+        return self.settings.nodes[0].port
+
+    @property
+    def slave(self) -> int:
+        return self.settings.nodes[1].port
+
+    @property
+    def write_port(self) -> int:
+        return self.settings.haproxy.write_port
+
+    @property
+    def read_port(self) -> int:
+        return self.settings.haproxy.read_port
+
+    def supervisor(self) -> Supervisor:
+        return Supervisor(self.layout)
+
+
+@dataclass
+class CliResult:
+    rc: int
+    stdout: str
+    stderr: str
+
+
+def started_pids(cluster: RunningCluster) -> set[int]:
+    pids: set[int] = set()
+    sup = lifecycle.supervisord_pid(cluster.layout)
+    if sup:
+        pids.add(sup)
+        pids |= {p.pid for p in cluster.supervisor().programs() if p.pid}
+    for node in cluster.settings.nodes:
+        pm = lifecycle.postmaster_pid(cluster.layout.node_data(node.name))
+        if pm:
+            pids.add(pm)
+    return pids
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

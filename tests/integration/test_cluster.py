@@ -1,0 +1,273 @@
+"""The guide's cluster, started for real: routing, replication, monitoring, security, commands."""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import errors
+
+from tests.integration.harness import RunningCluster
+from videodb.waiting import wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def test_second_start_says_already_running_and_changes_nothing(cluster: RunningCluster) -> None:
+    before = cluster.cli_json("status")
+    again = cluster.cli_json("start", "video")
+    after = cluster.cli_json("status")
+    assert again["already_running"] is True
+    assert [s["pid"] for s in before["services"]] == [s["pid"] for s in after["services"]]
+    assert after["healthy"] is True
+
+
+def test_status_lists_every_process_with_role_pid_port(cluster: RunningCluster) -> None:
+    report = cluster.cli_json("status")
+    by_name = {s["name"]: s for s in report["services"]}
+    assert set(by_name) == {
+        "etcd",
+        "postgres-video-master",
+        "postgres-video-slave",
+        "haproxy-postgres",
+    }
+    assert by_name["postgres-video-master"]["role"] == "primary"
+    assert by_name["postgres-video-slave"]["role"] == "replica"
+    assert by_name["postgres-video-master"]["ports"]["postgres"] == cluster.master
+    for service in report["services"]:
+        assert service["state"] == "RUNNING" and service["healthy"] and service["pid"] > 0
+    assert by_name["postgres-video-slave"]["postgres_pid"] > 0
+
+
+def test_guide_write_test_through_write_port_lands_on_master(cluster: RunningCluster) -> None:
+    """The guide's own check, with psql: it must land on the master."""
+    out = subprocess.run(
+        [
+            "psql",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(cluster.write_port),
+            "-U",
+            "upload_user",
+            "-d",
+            "video_platform",
+            "-Atc",
+            "SELECT 'WRITE TEST', inet_server_port(), pg_is_in_recovery()",
+        ],
+        env={"PGPASSWORD": "upload_pass", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.strip() == f"WRITE TEST|{cluster.master}|f"
+
+
+def test_reads_through_read_port_reach_both_nodes(cluster: RunningCluster) -> None:
+    seen = set()
+    for _ in range(8):
+        with cluster.app_connect(cluster.read_port) as conn:
+            row = conn.execute("SELECT inet_server_port()").fetchone()
+            assert row is not None
+            seen.add(row[0])
+    assert seen == {cluster.master, cluster.slave}
+
+
+def test_row_written_through_write_port_is_read_through_read_port(cluster: RunningCluster) -> None:
+    marker = str(uuid.uuid4())
+    with cluster.app_connect(cluster.write_port) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS guide_check (id text PRIMARY KEY)")
+        conn.execute("INSERT INTO guide_check VALUES (%s)", (marker,))
+
+    def visible_on_both() -> bool:
+        ports = set()
+        for _ in range(6):
+            with cluster.app_connect(cluster.read_port) as conn:
+                row = conn.execute(
+                    "SELECT inet_server_port(), count(*) FROM guide_check WHERE id = %s",
+                    (marker,),
+                ).fetchone()
+                assert row is not None
+                if row[1] != 1:
+                    return False
+                ports.add(row[0])
+        return ports == {cluster.master, cluster.slave}
+
+    wait_for(visible_on_both, timeout=15, what="the row on both nodes through the read port")
+
+
+def test_write_through_read_port_on_slave_fails_read_only(cluster: RunningCluster) -> None:
+    with cluster.app_connect(cluster.write_port) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS guide_check (id text PRIMARY KEY)")
+    for _ in range(10):
+        with cluster.app_connect(cluster.read_port) as conn:
+            row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+            assert row is not None
+            if not row[0]:
+                continue
+            with pytest.raises(errors.ReadOnlySqlTransaction):
+                conn.execute("INSERT INTO guide_check VALUES ('must-not-land')")
+            break
+    else:
+        pytest.fail("no read-port connection reached the slave in 10 tries")
+    with cluster.app_connect(cluster.write_port) as conn:
+        row = conn.execute("SELECT count(*) FROM guide_check WHERE id = 'must-not-land'").fetchone()
+        assert row == (0,)
+
+
+def test_replication_status_shows_slave_streaming_with_lsns(cluster: RunningCluster) -> None:
+    report = cluster.cli_json("replication-status")
+    assert report["primary"] == "postgres-video-master"
+    assert report["ok"] is True
+    (replica,) = report["replicas"]
+    assert replica["name"] == "postgres-video-slave"
+    assert replica["state"] == "streaming"
+    for key in ("sent_lsn", "write_lsn", "flush_lsn", "replay_lsn"):
+        assert "/" in replica[key]
+    assert isinstance(replica["lag_bytes"], int) and replica["lag_bytes"] >= 0
+    assert isinstance(replica["lag_seconds"], float)
+    assert replica["slot_name"] == "postgres_video_slave" and replica["slot_active"] is True
+    assert replica["sync_state"] == "async"
+
+
+def test_replication_status_exits_1_when_lag_exceeds_threshold(cluster: RunningCluster) -> None:
+    """A threshold below zero is exceeded by any lag: the exit code and the message say so."""
+    result = cluster.cli("replication-status", "--max-lag", "-1")
+    assert result.rc == 1
+    assert "exceeds" in result.stderr
+
+
+def test_haproxy_stats_routes_writes_to_master_only(cluster: RunningCluster) -> None:
+    stats = cluster.cli_json("haproxy-stats")
+    state = {(s["backend"], s["server"]): s["status"] for s in stats["servers"]}
+    assert state[("postgres_write", "postgres-video-master")] == "UP"
+    assert state[("postgres_write", "postgres-video-slave")] == "DOWN"
+    assert state[("postgres_read", "postgres-video-master")] == "UP"
+    assert state[("postgres_read", "postgres-video-slave")] == "UP"
+    url = cluster.cli("haproxy-stats", "--url", check=True).stdout.strip()
+    assert url == f"http://127.0.0.1:{cluster.settings.haproxy.stats_port}/stats"
+
+
+def test_prometheus_metrics_are_served(cluster: RunningCluster) -> None:
+    import urllib.request
+
+    url = f"http://127.0.0.1:{cluster.settings.haproxy.stats_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        body = resp.read().decode()
+    assert 'haproxy_server_status{proxy="postgres_write",server="postgres-video-master"' in body
+
+
+def test_replicator_cannot_read_application_data(cluster: RunningCluster) -> None:
+    password = cluster.secrets.replication_password
+    for dbname in ("video_platform", "postgres"):
+        with pytest.raises(psycopg.OperationalError, match=r"pg_hba\.conf rejects"):
+            psycopg.connect(
+                host="127.0.0.1",
+                port=cluster.master,
+                user="replicator",
+                password=password,
+                dbname=dbname,
+                connect_timeout=3,
+            )
+    # It can open a replication connection, which is all it is for.
+    with psycopg.connect(
+        host="127.0.0.1",
+        port=cluster.master,
+        user="replicator",
+        password=password,
+        dbname="replication",
+        replication="true",
+        connect_timeout=3,
+        autocommit=True,
+    ) as conn:
+        assert conn.pgconn.exec_(b"IDENTIFY_SYSTEM").ntuples == 1
+
+
+def test_app_user_cannot_open_replication_connection(cluster: RunningCluster) -> None:
+    with pytest.raises(psycopg.OperationalError, match="replication connection"):
+        cluster.app_connect(cluster.master, replication="true", dbname="replication")
+
+
+def test_wrong_password_is_refused_and_passwords_are_scram(cluster: RunningCluster) -> None:
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        cluster.app_connect(cluster.write_port, password="not-the-password")
+    result = cluster.cli(
+        "shell-video",
+        "-c",
+        "SELECT rolname, left(rolpassword, 14) FROM pg_authid WHERE rolcanlogin ORDER BY 1",
+        check=True,
+    )
+    for role in ("postgres", "replicator", "upload_user"):
+        assert f"{role}" in result.stdout
+    assert result.stdout.count("SCRAM-SHA-256$") == 3
+
+
+def _listening(port: int) -> list[str]:
+    addresses = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:
+                addresses.append(local.rsplit(":", 1)[0])
+    return addresses
+
+
+def test_every_port_listens_on_loopback_only(cluster: RunningCluster) -> None:
+    for what, port in cluster.settings.all_ports().items():
+        addresses = _listening(port)
+        assert addresses, f"{what} ({port}) is not listening"
+        assert set(addresses) == {"0100007F"}, f"{what} ({port}) listens on {addresses}"
+
+
+def test_superuser_password_never_in_logs_or_command_lines(cluster: RunningCluster) -> None:
+    password = cluster.secrets.superuser_password
+    for log in cluster.layout.logs.rglob("*"):
+        if log.is_file():
+            assert password not in log.read_text(errors="replace"), log
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
+            except OSError:
+                continue
+            assert password not in cmdline, proc.name
+    mode = (cluster.layout.secrets / "superuser.password").stat().st_mode & 0o777
+    assert mode == 0o600
+    config = cluster.cli("config", check=True).stdout
+    assert password not in config and "upload_pass" not in config
+
+
+def test_shell_video_runs_on_the_master(cluster: RunningCluster) -> None:
+    result = cluster.cli("shell-video", "-c", "SELECT inet_server_port()", check=True)
+    assert str(cluster.master) in result.stdout
+    bad = cluster.cli("shell-video", "-c", "SELEKT 1")
+    assert bad.rc != 0 and "syntax error" in bad.stderr
+
+
+def test_logs_shows_each_service_and_rejects_unknown(cluster: RunningCluster) -> None:
+    for service in ("postgres-video-master", "postgres-video-slave", "haproxy-postgres", "etcd"):
+        result = cluster.cli("logs", service, "-n", "3", check=True)
+        assert result.stdout.strip(), service
+    master = cluster.cli("logs", "postgres-video-master", "-n", "200", check=True).stdout
+    assert "postgresql.log" in master  # PostgreSQL's own log is shown beside Patroni's
+    unknown = cluster.cli("logs", "nginx")
+    assert unknown.rc == 2 and "haproxy-postgres" in unknown.stderr
+
+
+def test_backup_video_writes_a_restorable_dump(cluster: RunningCluster) -> None:
+    with cluster.app_connect(cluster.write_port) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS backup_check (id int)")
+    result = cluster.cli_json("backup-video")
+    path = Path(result["path"])
+    assert path.parent == cluster.layout.backups
+    assert path.stat().st_size == result["size_bytes"] > 0
+    listing = subprocess.run(
+        [str(cluster.settings.postgresql.bin_dir / "pg_restore"), "--list", str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "TABLE public backup_check" in listing
