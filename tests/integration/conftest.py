@@ -16,7 +16,7 @@ from tests.integration.harness import (
     alive,
     make_workdir,
     started_pids,
-    write_test_config,
+    write_sandbox_config,
 )
 from videodb.cluster import lifecycle
 from videodb.config import load_settings
@@ -26,7 +26,7 @@ from videodb.layout import StateLayout
 @pytest.fixture(scope="session")
 def cluster(request: pytest.FixtureRequest) -> Iterator[RunningCluster]:
     workdir = make_workdir("videodb-it-")
-    config_file = write_test_config(workdir)
+    config_file = write_sandbox_config(workdir)
     loaded = load_settings(config_file, env={}, require_file=True)
     running = RunningCluster(config_file, loaded.settings, StateLayout(workdir / "state"))
     failed_before = request.session.testsfailed

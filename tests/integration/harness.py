@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,59 +13,14 @@ from typing import Any
 import psycopg
 
 from videodb.cluster import lifecycle
-from videodb.cluster.supervisor import Supervisor
+from videodb.cluster.supervisor import Supervisor, supervisord_pid
 from videodb.config import Settings
 from videodb.layout import StateLayout
-from videodb.ports import free_ports
+from videodb.sandbox import make_workdir, write_sandbox_config
 from videodb.secrets import ClusterSecrets, load_secrets
 
 CLI = str(Path(sys.executable).parent / "videodb")
-PORT_KEYS = (
-    "nodes.0.port",
-    "nodes.0.api_port",
-    "nodes.1.port",
-    "nodes.1.api_port",
-    "etcd.client_port",
-    "etcd.peer_port",
-    "haproxy.write_port",
-    "haproxy.read_port",
-    "haproxy.stats_port",
-)
-
-
-def make_workdir(prefix: str) -> Path:
-    """A temporary directory PostgreSQL's OS user can reach (mkdtemp makes 0700 ones)."""
-    path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
-    path.chmod(0o755)
-    return path
-
-
-def write_test_config(workdir: Path) -> Path:
-    ports = free_ports(len(PORT_KEYS))
-    values = dict(zip(PORT_KEYS, ports, strict=True))
-    text = f"""
-state_dir = "{workdir / "state"}"
-[[nodes]]
-name = "postgres-video-master"
-port = {values["nodes.0.port"]}
-api_port = {values["nodes.0.api_port"]}
-[[nodes]]
-name = "postgres-video-slave"
-port = {values["nodes.1.port"]}
-api_port = {values["nodes.1.api_port"]}
-[etcd]
-client_port = {values["etcd.client_port"]}
-peer_port = {values["etcd.peer_port"]}
-[haproxy]
-write_port = {values["haproxy.write_port"]}
-read_port = {values["haproxy.read_port"]}
-stats_port = {values["haproxy.stats_port"]}
-[postgresql.parameters]
-shared_buffers = "128MB"
-"""
-    path = workdir / "platform.toml"
-    path.write_text(text)
-    return path
+__all__ = ["CLI", "RunningCluster", "make_workdir", "write_sandbox_config"]
 
 
 @dataclass
@@ -145,7 +99,7 @@ class CliResult:
 
 def started_pids(cluster: RunningCluster) -> set[int]:
     pids: set[int] = set()
-    sup = lifecycle.supervisord_pid(cluster.layout)
+    sup = supervisord_pid(cluster.layout)
     if sup:
         pids.add(sup)
         pids |= {p.pid for p in cluster.supervisor().programs() if p.pid}

@@ -1,0 +1,115 @@
+"""Benchmark: pgbench -n -S TPS direct to the master versus through HAProxy's 5436 and 5435.
+
+    .venv/bin/python -m bench.proxy_tps [--seconds 10] [--clients 4] [--scale 10]
+
+All three are measured in one run on one cluster (free ports, temporary directory), so the figures
+that matter are the ratios. Also measures how long a row committed through the write port takes to
+be visible through the read port on the replica (replication visibility).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import time
+import uuid
+from typing import Any
+
+import psycopg
+
+from videodb.cluster import lifecycle
+from videodb.config import Settings
+from videodb.sandbox import sandbox
+
+
+def pgbench(settings: Settings, port: int, args: list[str]) -> str:
+    db = settings.database
+    env = {**os.environ, "PGPASSWORD": db.app_password.get_secret_value()}
+    argv = [
+        str(settings.postgresql.bin_dir / "pgbench"),
+        "-h",
+        settings.listen_host,
+        "-p",
+        str(port),
+        "-U",
+        db.app_user,
+        *args,
+        db.name,
+    ]
+    return subprocess.run(argv, env=env, capture_output=True, text=True, check=True).stdout
+
+
+def tps(output: str) -> float:
+    match = re.search(r"tps = ([0-9.]+)", output)
+    if not match:
+        raise RuntimeError(f"no tps in pgbench output:\n{output}")
+    return float(match.group(1))
+
+
+def visibility_ms(settings: Settings, samples: int) -> list[float]:
+    """Commit through the write port, then poll the replica through the read port until seen."""
+    db = settings.database
+    common: dict[str, Any] = {
+        "host": settings.listen_host,
+        "user": db.app_user,
+        "password": db.app_password.get_secret_value(),
+        "dbname": db.name,
+        "autocommit": True,
+    }
+    replica_port = settings.nodes[1].port
+    results = []
+    with (
+        psycopg.connect(port=settings.haproxy.write_port, **common) as writer,
+        psycopg.connect(port=replica_port, **common) as reader,
+    ):
+        writer.execute("CREATE TABLE IF NOT EXISTS visibility (id text PRIMARY KEY)")
+        for _ in range(samples):
+            marker = str(uuid.uuid4())
+            writer.execute("INSERT INTO visibility VALUES (%s)", (marker,))
+            began = time.perf_counter()
+            while not reader.execute(
+                "SELECT 1 FROM visibility WHERE id = %s", (marker,)
+            ).fetchone():
+                time.sleep(0.0002)
+            results.append((time.perf_counter() - began) * 1000)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--scale", type=int, default=10)
+    args = parser.parse_args()
+    with sandbox("videodb-bench-") as box:
+        s = box.settings
+        try:
+            lifecycle.start(s, box.layout)
+            pgbench(s, s.haproxy.write_port, ["-i", "-q", "-s", str(args.scale)])
+            run = ["-n", "-S", "-c", str(args.clients), "-j", "2", "-T", str(args.seconds)]
+            targets = {
+                "direct master": s.nodes[0].port,
+                "HAProxy read": s.haproxy.read_port,
+                "HAProxy write": s.haproxy.write_port,
+            }
+            pgbench(s, s.nodes[0].port, ["-n", "-S", "-T", "2"])  # warm the caches
+            figures = {name: tps(pgbench(s, port, run)) for name, port in targets.items()}
+            base = figures["direct master"]
+            print(f"pgbench -n -S -c {args.clients} -j 2 -T {args.seconds}, scale {args.scale}:")
+            for name, value in figures.items():
+                print(f"  {name:14s} {value:10.0f} tps  ratio to direct {value / base:.2f}")
+            vis = sorted(visibility_ms(s, 200))
+            p99 = vis[int(len(vis) * 0.99) - 1]
+            print(
+                f"write->replica visibility over 200 commits: median "
+                f"{statistics.median(vis):.2f} ms, p99 {p99:.2f} ms, max {vis[-1]:.2f} ms"
+            )
+        finally:
+            lifecycle.stop(s, box.layout)
+
+
+if __name__ == "__main__":
+    main()

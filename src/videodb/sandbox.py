@@ -1,0 +1,83 @@
+"""A throwaway platform on free ports in a temporary directory (for tests and benchmarks)."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from videodb.config import Settings, load_settings
+from videodb.layout import StateLayout
+from videodb.ports import free_ports
+
+PORT_KEYS = (
+    "nodes.0.port",
+    "nodes.0.api_port",
+    "nodes.1.port",
+    "nodes.1.api_port",
+    "etcd.client_port",
+    "etcd.peer_port",
+    "haproxy.write_port",
+    "haproxy.read_port",
+    "haproxy.stats_port",
+)
+
+
+def make_workdir(prefix: str) -> Path:
+    """A temporary directory PostgreSQL's OS user can reach (mkdtemp makes 0700 ones)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    path.chmod(0o755)
+    return path
+
+
+def write_sandbox_config(workdir: Path, extra: str = "") -> Path:
+    """A config file with every port free and the state directory inside `workdir`."""
+    v = dict(zip(PORT_KEYS, free_ports(len(PORT_KEYS)), strict=True))
+    text = f"""state_dir = "{workdir / "state"}"
+[[nodes]]
+name = "postgres-video-master"
+port = {v["nodes.0.port"]}
+api_port = {v["nodes.0.api_port"]}
+[[nodes]]
+name = "postgres-video-slave"
+port = {v["nodes.1.port"]}
+api_port = {v["nodes.1.api_port"]}
+[etcd]
+client_port = {v["etcd.client_port"]}
+peer_port = {v["etcd.peer_port"]}
+[haproxy]
+write_port = {v["haproxy.write_port"]}
+read_port = {v["haproxy.read_port"]}
+stats_port = {v["haproxy.stats_port"]}
+{extra}"""
+    path = workdir / "platform.toml"
+    path.write_text(text)
+    return path
+
+
+@dataclass(frozen=True)
+class Sandbox:
+    workdir: Path
+    config_file: Path
+    settings: Settings
+    layout: StateLayout
+
+
+@contextmanager
+def sandbox(prefix: str = "videodb-", extra: str = "", keep: bool = False) -> Iterator[Sandbox]:
+    """Config and directories for a platform of its own; removed afterwards unless `keep`.
+
+    Starting and stopping it is the caller's business (the state directory must be stopped
+    before it is removed).
+    """
+    workdir = make_workdir(prefix)
+    config_file = write_sandbox_config(workdir, extra)
+    settings = load_settings(config_file, env={}, require_file=True).settings
+    try:
+        yield Sandbox(workdir, config_file, settings, StateLayout(workdir / "state"))
+    finally:
+        if not keep:
+            shutil.rmtree(workdir, ignore_errors=True)

@@ -1,0 +1,123 @@
+"""Rendering of the generated Patroni, HAProxy and supervisord configs (no servers)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from videodb.cluster import render
+from videodb.cluster.haproxy_stats import parse_stats_csv
+from videodb.cluster.replication import slot_name
+from videodb.config import Settings, load_settings
+from videodb.layout import ServiceUser, StateLayout
+from videodb.secrets import ClusterSecrets
+
+SECRETS = ClusterSecrets("su-secret", "rep-secret", "api-secret")
+TOOLS = render.Toolchain(
+    patroni=Path("/venv/bin/patroni"),
+    etcd=Path("/usr/bin/etcd"),
+    haproxy=Path("/usr/sbin/haproxy"),
+    pg_bin=Path("/usr/lib/postgresql/15/bin"),
+)
+LAYOUT = StateLayout(Path("/srv/state"))
+
+
+def patroni(settings: Settings | None = None, index: int = 0) -> dict[str, Any]:
+    s = settings or Settings()
+    return render.patroni_config(s, LAYOUT, s.nodes[index], SECRETS, TOOLS)
+
+
+def test_patroni_config_has_replication_rewind_and_guide_tuning() -> None:
+    config = patroni()
+    dcs = config["bootstrap"]["dcs"]
+    assert dcs["postgresql"]["use_pg_rewind"] is True
+    assert dcs["postgresql"]["use_slots"] is True
+    assert dcs["postgresql"]["parameters"]["wal_log_hints"] == "on"
+    assert dcs["failsafe_mode"] is True
+    local = config["postgresql"]
+    assert local["listen"] == "127.0.0.1:5433"
+    assert local["parameters"]["shared_buffers"] == "256MB"
+    assert local["parameters"]["wal_buffers"] == "16MB"
+    assert local["parameters"]["checkpoint_completion_target"] == 0.9
+    assert local["parameters"]["max_wal_size"] == "1GB"
+    assert local["parameters"]["effective_cache_size"] == "1GB"
+    assert local["basebackup"] == [{"checkpoint": "fast"}]
+    assert config["restapi"]["listen"] == "127.0.0.1:8008"
+
+
+def test_changed_parameters_reach_every_node() -> None:
+    s = load_settings(None, env={}, assignments=["postgresql.parameters.shared_buffers=512MB"])
+    for i in range(2):
+        params = patroni(s.settings, i)["postgresql"]["parameters"]
+        assert params["shared_buffers"] == "512MB"
+
+
+def test_pg_hba_allows_replication_to_replicator_only_and_uses_scram() -> None:
+    rules = render.pg_hba(Settings())
+    assert "host replication replicator 127.0.0.1/32 scram-sha-256" in rules
+    assert all("trust" not in r and "md5" not in r for r in rules)
+    reject = rules.index("host all replicator 0.0.0.0/0 reject")
+    assert reject < rules.index("host all all 127.0.0.1/32 scram-sha-256")
+    assert [r for r in rules if "replication" in r.split()[1]] == [rules[2]]
+
+
+def test_rendered_patroni_yaml_round_trips_and_holds_secrets_only_in_auth() -> None:
+    text = render.render_patroni(patroni())
+    assert yaml.safe_load(text) == patroni()
+
+
+def test_haproxy_routes_writes_by_primary_check_and_reads_by_read_only() -> None:
+    cfg = render.haproxy_config(Settings(), LAYOUT)
+    write = cfg.split("listen postgres_write")[1].split("listen postgres_read")[0]
+    read = cfg.split("listen postgres_read")[1].split("listen stats")[0]
+    assert "bind 127.0.0.1:5435" in write and "GET /primary" in write
+    assert "bind 127.0.0.1:5436" in read and "GET /read-only" in read
+    assert "balance roundrobin" in read
+    for section in (write, read):
+        assert "server postgres-video-master 127.0.0.1:5433 check port 8008" in section
+        assert "server postgres-video-slave 127.0.0.1:5434 check port 8009" in section
+        assert "on-marked-down shutdown-sessions" in section
+    assert "bind 127.0.0.1:8404" in cfg and "stats uri /stats" in cfg
+    assert "prometheus-exporter" in cfg
+    assert "maxconn 2000" in cfg
+
+
+def test_supervisor_runs_servers_as_service_user_and_can_hold_back_nodes() -> None:
+    user = ServiceUser("postgres", 101, 104)
+    text = render.supervisor_config(
+        Settings(), LAYOUT, TOOLS, user, frozenset({"postgres-video-slave"})
+    )
+    assert text.count("user=postgres") == 4
+    slave = text.split("[program:postgres-video-slave]")[1].split("[program:")[0]
+    master = text.split("[program:postgres-video-master]")[1].split("[program:")[0]
+    assert "autostart=false" in slave and "autostart=true" in master
+    assert "autorestart=true" in master
+    assert "su-secret" not in text
+
+
+def test_etcd_listens_on_loopback() -> None:
+    argv = render.etcd_command(Settings(), LAYOUT, TOOLS)
+    assert "--listen-client-urls=http://127.0.0.1:2379" in argv
+    assert "--listen-peer-urls=http://127.0.0.1:2380" in argv
+
+
+def test_slot_names_follow_patroni() -> None:
+    assert slot_name("postgres-video-slave") == "postgres_video_slave"
+
+
+def test_stats_csv_parsing_keeps_server_rows() -> None:
+    csv_text = (
+        "# pxname,svname,qcur,scur,stot,status,check_status,lastchg,ctime,rtime\n"
+        "postgres_write,FRONTEND,,1,4,OPEN,,,,\n"
+        "postgres_write,postgres-video-master,0,1,4,UP,L7OK,12,0,\n"
+        "postgres_write,postgres-video-slave,0,0,0,DOWN,L7STS,12,0,\n"
+        "postgres_write,BACKEND,0,1,4,UP,,12,0,\n"
+        "stats,FRONTEND,,0,1,OPEN,,,,\n"
+    )
+    servers = parse_stats_csv(csv_text)
+    assert [(s.server, s.up, s.current_sessions) for s in servers] == [
+        ("postgres-video-master", True, 1),
+        ("postgres-video-slave", False, 0),
+    ]
