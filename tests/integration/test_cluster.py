@@ -105,6 +105,13 @@ def test_row_written_through_write_port_is_read_through_read_port(cluster: Runni
 def test_write_through_read_port_on_slave_fails_read_only(cluster: RunningCluster) -> None:
     with cluster.app_connect(cluster.write_port) as conn:
         conn.execute("CREATE TABLE IF NOT EXISTS guide_check (id text PRIMARY KEY)")
+
+    def table_on_slave() -> bool:
+        with cluster.app_connect(cluster.slave) as conn:
+            row = conn.execute("SELECT to_regclass('guide_check') IS NOT NULL").fetchone()
+            return bool(row and row[0])
+
+    wait_for(table_on_slave, timeout=15, what="the table replayed on the slave")
     for _ in range(10):
         with cluster.app_connect(cluster.read_port) as conn:
             row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
