@@ -11,6 +11,7 @@ from tests.integration.harness import RunningCluster
 from videodb.cluster import lifecycle
 from videodb.cluster.haproxy_stats import fetch_server_status
 from videodb.cluster.health import check_health
+from videodb.cluster.render import READ_BACKEND
 from videodb.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -36,9 +37,13 @@ def test_slave_failure_reads_continue_from_master(cluster: RunningCluster) -> No
 
         def slave_marked_down() -> bool:
             servers = fetch_server_status(cluster.settings)
-            return any(s.server == SLAVE and not s.up for s in servers)
+            return any(
+                s.backend == READ_BACKEND and s.server == SLAVE and not s.up for s in servers
+            )
 
-        wait_for(slave_marked_down, timeout=15, what="HAProxy marking the slave down")
+        wait_for(
+            slave_marked_down, timeout=15, what="HAProxy marking the slave down in the read backend"
+        )
         # Every read succeeds, and all of them are served by the master.
         assert set(_read_ports(cluster, 10)) == {cluster.master}
 

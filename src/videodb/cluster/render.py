@@ -174,7 +174,7 @@ def haproxy_config(settings: Settings, layout: StateLayout) -> str:
         f"    timeout server {h.timeout_server}",
         "    timeout check 1s",
         "    retries 3",
-        "    option redispatch",
+        "    option redispatch 1",  # a refused connection is retried on another server at once
         "",
         *backend(WRITE_BACKEND, h.write_port, "/primary", "first"),
         *backend(READ_BACKEND, h.read_port, "/read-only", "roundrobin"),
