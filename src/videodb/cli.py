@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from videodb import __version__, render_text
-from videodb.cluster import backup, lifecycle, promote, replication, status, tools
+from videodb.cluster import backup, ha, lifecycle, promote, replication, status, tools
 from videodb.cluster.haproxy_stats import fetch_server_status, stats_url
 from videodb.config import LoadedSettings, default_config_file, load_settings, redacted
 from videodb.errors import ConfigError, VideoDBError
@@ -123,12 +123,26 @@ def start(
     ctx: typer.Context,
     target: Annotated[str, typer.Argument(help="What to start: 'video' (the cluster).")] = "video",
     timeout: Annotated[float, typer.Option(help="Seconds to wait for a healthy cluster.")] = 180.0,
+    failover: Annotated[
+        str | None,
+        typer.Option(help="automatic (Patroni promotes by itself) or manual (promote-slave only)."),
+    ] = None,
+    replication: Annotated[
+        str | None,
+        typer.Option(help="async, sync, or sync-strict (writes block with no sync standby)."),
+    ] = None,
+    profile: Annotated[
+        str | None, typer.Option(help="Patroni timings: fast (ttl 20), default (30), safe (60).")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Start etcd, both PostgreSQL nodes (Patroni) and HAProxy; wait until healthy."""
     if target != "video":
         raise ConfigError(f"unknown target {target!r}; use 'start video'")
     c = _ctx(ctx)
+    for key, value in (("failover", failover), ("replication", replication), ("profile", profile)):
+        if value is not None:
+            c.assignments.append(f"patroni.{key}={value}")
     settings = c.loaded().settings
     layout = c.layout()
     began = time.monotonic()
@@ -176,7 +190,15 @@ def restart(
 ) -> None:
     """Stop, then start again (applies a changed config)."""
     stop(ctx, as_json=False)
-    start(ctx, target="video", timeout=timeout, as_json=False)
+    start(
+        ctx,
+        target="video",
+        timeout=timeout,
+        as_json=False,
+        failover=None,
+        replication=None,
+        profile=None,
+    )
 
 
 @app.command()
@@ -330,6 +352,76 @@ def promote_slave(
             f"{result.new_primary} is the master (was {result.old_primary}); write port "
             f"{settings.haproxy.write_port} follows it ({result.elapsed_s:.1f} s)"
         )
+
+
+@app.command()
+def switchover(
+    ctx: typer.Context,
+    to: Annotated[str | None, typer.Option("--to", help="Node to switch to.")] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait.")] = 60.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Planned switch of roles: waits until the candidate has replayed everything first."""
+    c = _ctx(ctx)
+    settings = c.loaded().settings
+    result = ha.switchover(settings, load_secrets(c.layout()), to, timeout=timeout)
+    if as_json:
+        _print_json(asdict(result))
+    else:
+        out.print(
+            f"{result.new_primary} is the master (was {result.old_primary}); caught up in "
+            f"{result.sync_wait_s:.2f} s, switched in {result.elapsed_s:.2f} s"
+        )
+
+
+@app.command()
+def maintenance(
+    ctx: typer.Context,
+    state: Annotated[str, typer.Argument(help="on: pause automatic failover; off: resume it.")],
+) -> None:
+    """Pause or resume Patroni's automatic failover (maintenance mode)."""
+    if state not in ("on", "off"):
+        raise ConfigError(f"maintenance takes 'on' or 'off', not {state!r}")
+    c = _ctx(ctx)
+    ha.set_maintenance(c.loaded().settings, load_secrets(c.layout()), state == "on")
+    out.print(
+        "maintenance on: nothing is promoted automatically; 'promote-slave' still works"
+        if state == "on"
+        else "maintenance off: Patroni fails over automatically again"
+    )
+
+
+@app.command("wait-sync")
+def wait_sync(
+    ctx: typer.Context,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait.")] = 30.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Wait until every replica has replayed the master's current LSN; exit 1 if not in time."""
+    c = _ctx(ctx)
+    report = ha.wait_sync(c.loaded().settings, load_secrets(c.layout()), timeout=timeout)
+    if as_json:
+        _print_json(report.as_dict())
+    elif report.synced:
+        out.print(f"all replicas replayed {report.target_lsn} ({report.elapsed_s:.3f} s)")
+    else:
+        err.print(f"not in sync after {timeout:g} s; bytes behind {report.target_lsn}:")
+        for name, lag in report.lag_bytes.items():
+            err.print(f"  {name}: {'not connected' if lag is None else lag}")
+    if not report.synced:
+        raise typer.Exit(1)
+
+
+@app.command()
+def rejoin(
+    ctx: typer.Context,
+    node: Annotated[str, typer.Argument(help="The replica to re-clone from the master.")],
+    timeout: Annotated[float, typer.Option(help="Seconds to wait.")] = 120.0,
+) -> None:
+    """Force a replica to re-clone from the master and stream again."""
+    c = _ctx(ctx)
+    elapsed = ha.rejoin(c.loaded().settings, load_secrets(c.layout()), node, timeout=timeout)
+    out.print(f"{node} streams from the master again ({elapsed:.1f} s)")
 
 
 @app.command("backup-video")

@@ -13,7 +13,7 @@ import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
@@ -88,19 +88,42 @@ class DatabaseSpec(_Strict):
         return self
 
 
+# ttl, loop_wait, retry_timeout. 'fast' is the tightest Patroni accepts (it raises a ttl below 20).
+TIMING_PROFILES: dict[str, tuple[int, int, int]] = {
+    "fast": (20, 1, 4),
+    "default": (30, 10, 10),
+    "safe": (60, 10, 25),
+}
+FailoverMode = Literal["automatic", "manual"]
+ReplicationMode = Literal["async", "sync", "sync-strict"]
+
+
 class PatroniSpec(_Strict):
     scope: Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{0,62}$")] = "video"
-    ttl: Annotated[int, Field(ge=20, le=3600)] = 20
-    loop_wait: Annotated[int, Field(ge=1, le=600)] = 2
-    retry_timeout: Annotated[int, Field(ge=3, le=600)] = 5
+    failover: FailoverMode = "automatic"
+    replication: ReplicationMode = "async"
+    profile: Literal["fast", "default", "safe"] = "fast"
+    ttl: Annotated[int, Field(ge=20, le=3600)] | None = None
+    loop_wait: Annotated[int, Field(ge=1, le=600)] | None = None
+    retry_timeout: Annotated[int, Field(ge=3, le=600)] | None = None
     maximum_lag_on_failover: Annotated[int, Field(ge=0)] = 1_048_576
+
+    def timings(self) -> tuple[int, int, int]:
+        """(ttl, loop_wait, retry_timeout): the profile's, with any explicit value on top."""
+        ttl, loop_wait, retry = TIMING_PROFILES[self.profile]
+        return (
+            self.ttl if self.ttl is not None else ttl,
+            self.loop_wait if self.loop_wait is not None else loop_wait,
+            self.retry_timeout if self.retry_timeout is not None else retry,
+        )
 
     @model_validator(mode="after")
     def _timings_fit(self) -> PatroniSpec:
-        if self.loop_wait + 2 * self.retry_timeout > self.ttl:
+        ttl, loop_wait, retry = self.timings()
+        if loop_wait + 2 * retry > ttl:
             raise ValueError(
                 f"loop_wait + 2*retry_timeout must not exceed ttl, got "
-                f"{self.loop_wait} + 2*{self.retry_timeout} > {self.ttl}"
+                f"{loop_wait} + 2*{retry} > {ttl}"
             )
         return self
 

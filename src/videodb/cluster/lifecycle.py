@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from videodb.cluster import render
+from videodb.cluster.ha import apply_dynamic_config, is_paused, sync_standby_chosen
 from videodb.cluster.health import HealthReport, check_health, etcd_healthy
 from videodb.cluster.patroni_api import PatroniAPI
 from videodb.cluster.pg import ensure_application_database
@@ -179,8 +180,20 @@ def _wait_cluster(
         what="etcd healthy",
         hint=f"see {logs / 'etcd.log'}",
     )
+    api = PatroniAPI(settings, secrets.api_password)
+    if not held_back:
+        # A cluster stopped in maintenance mode would not start its postgres: resume first;
+        # the configured failover mode is applied again once the cluster is healthy.
+        wait_for(
+            lambda: any(m.reachable for m in api.members()),
+            timeout=_remaining(deadline),
+            what="a Patroni REST API answering",
+            hint=f"see {logs}/<node>.log",
+        )
+        if is_paused(settings):
+            progress("maintenance mode was on: resuming it so that the nodes start")
+            api.patch_config({"pause": False})
     progress("waiting for Patroni to elect a primary")
-    api = PatroniAPI(settings)
     primary = wait_for(
         api.leader,
         timeout=_remaining(deadline),
@@ -205,6 +218,16 @@ def _wait_cluster(
     except TimeoutExpired as exc:
         problems = "; ".join(last[0].problems) if last else "unknown"
         raise TimeoutExpired(f"{exc} ({problems})") from exc
+    p = settings.patroni
+    progress(f"applying failover={p.failover}, replication={p.replication}, profile={p.profile}")
+    apply_dynamic_config(settings, secrets)
+    if p.replication != "async":
+        wait_for(
+            lambda: sync_standby_chosen(settings),
+            timeout=_remaining(deadline),
+            what="a synchronous standby",
+            hint="see 'platform.sh replication-status'",
+        )
 
 
 def stop(settings: Settings, layout: StateLayout, timeout: float = 120.0) -> StopResult:

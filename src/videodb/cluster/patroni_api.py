@@ -74,10 +74,26 @@ class PatroniAPI:
     def post(
         self, node: NodeSpec, path: str, payload: dict[str, Any], timeout: float = 60.0
     ) -> str:
+        return self.send("POST", node, path, payload, timeout)
+
+    def patch_config(self, payload: dict[str, Any], timeout: float = 10.0) -> str:
+        """PATCH /config (cluster-wide settings in etcd) through the first node that answers."""
+        last: ClusterError | None = None
+        for node in self.settings.nodes:
+            try:
+                return self.send("PATCH", node, "/config", payload, timeout)
+            except ClusterError as exc:
+                last = exc
+        raise last or ClusterError("no node to send the configuration to")
+
+    def send(
+        self, method: str, node: NodeSpec, path: str, payload: dict[str, Any], timeout: float
+    ) -> str:
+        """An authenticated request that changes state; raises ClusterError when refused."""
         request = urllib.request.Request(
             self._url(node, path),
             data=json.dumps(payload).encode(),
-            method="POST",
+            method=method,
             headers={"Content-Type": "application/json"},
         )
         if self._auth:
@@ -88,12 +104,23 @@ class PatroniAPI:
         except urllib.error.HTTPError as exc:
             detail = exc.read().decode(errors="replace").strip()
             raise ClusterError(
-                f"Patroni on {node.name} refused POST {path} (HTTP {exc.code}): {detail}"
+                f"Patroni on {node.name} refused {method} {path} (HTTP {exc.code}): {detail}"
             ) from exc
         except OSError as exc:
             raise ClusterError(
                 f"Patroni on {node.name} ({self._url(node, path)}) is not reachable: {exc}"
             ) from exc
+
+    def cluster_config(self) -> dict[str, Any] | None:
+        """GET /config from the first node that answers (None if none does)."""
+        for node in self.settings.nodes:
+            try:
+                status, doc = self.get(node, "/config")
+            except OSError:
+                continue
+            if status == 200 and isinstance(doc, dict):
+                return doc
+        return None
 
     def member(self, node: NodeSpec) -> MemberStatus:
         try:

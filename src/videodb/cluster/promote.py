@@ -62,6 +62,14 @@ def promote(
     old = api.leader()
     api.post(settings.node(target), "/failover", {"candidate": target}, timeout=timeout)
 
+    wait_routed(settings, target, timeout)
+    return PromoteResult(old.name if old else None, target, time.monotonic() - began)
+
+
+def wait_routed(settings: Settings, target: str, timeout: float) -> None:
+    """Until `target` is the running primary and the only UP server behind the write port."""
+    api = PatroniAPI(settings)
+
     def routed() -> bool:
         leader = api.leader()
         if leader is None or leader.name != target:
@@ -78,6 +86,5 @@ def promote(
         timeout=timeout,
         what=f"{target} as the primary behind the write port",
         hint=f"see 'platform.sh logs {target}' and 'platform.sh haproxy-stats'",
-        interval=0.1,
+        interval=0.05,
     )
-    return PromoteResult(old.name if old else None, target, time.monotonic() - began)

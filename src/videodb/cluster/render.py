@@ -91,11 +91,7 @@ def patroni_config(
         "etcd3": {"hosts": [f"{host}:{settings.etcd.client_port}"]},
         "bootstrap": {
             "dcs": {
-                "ttl": p.ttl,
-                "loop_wait": p.loop_wait,
-                "retry_timeout": p.retry_timeout,
-                "maximum_lag_on_failover": p.maximum_lag_on_failover,
-                "failsafe_mode": True,
+                **dynamic_config(settings, include_pause=False),
                 "postgresql": {
                     "use_pg_rewind": True,
                     "use_slots": True,
@@ -126,6 +122,27 @@ def patroni_config(
         },
         "tags": {"nofailover": False, "noloadbalance": False, "clonefrom": False},
     }
+
+
+def dynamic_config(settings: Settings, *, include_pause: bool = True) -> dict[str, Any]:
+    """Patroni's cluster-wide settings that this config controls (kept in etcd).
+
+    Applied at bootstrap and again at every start, since Patroni reads bootstrap.dcs only once.
+    """
+    p = settings.patroni
+    ttl, loop_wait, retry_timeout = p.timings()
+    config: dict[str, Any] = {
+        "ttl": ttl,
+        "loop_wait": loop_wait,
+        "retry_timeout": retry_timeout,
+        "maximum_lag_on_failover": p.maximum_lag_on_failover,
+        "failsafe_mode": True,
+        "synchronous_mode": p.replication != "async",
+        "synchronous_mode_strict": p.replication == "sync-strict",
+    }
+    if include_pause:
+        config["pause"] = p.failover == "manual"
+    return config
 
 
 def render_patroni(config: dict[str, Any]) -> str:

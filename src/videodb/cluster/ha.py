@@ -1,0 +1,163 @@
+"""High availability controls: failover mode, maintenance, wait-sync, switchover, rejoin."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import psycopg
+
+from videodb.cluster import render
+from videodb.cluster.patroni_api import PatroniAPI, Role
+from videodb.cluster.pg import connect_superuser
+from videodb.cluster.promote import choose_candidate, wait_routed
+from videodb.config import Settings
+from videodb.errors import ClusterError, TimeoutExpired
+from videodb.secrets import ClusterSecrets
+from videodb.waiting import wait_for
+
+
+def apply_dynamic_config(settings: Settings, secrets: ClusterSecrets) -> dict[str, Any]:
+    """Push failover mode, replication mode and timings from the config into etcd."""
+    desired = render.dynamic_config(settings)
+    PatroniAPI(settings, secrets.api_password).patch_config(desired)
+    return desired
+
+
+def set_maintenance(settings: Settings, secrets: ClusterSecrets, on: bool) -> bool:
+    """Pause (on) or resume (off) Patroni's automatic failover; returns the new paused state."""
+    api = PatroniAPI(settings, secrets.api_password)
+    api.patch_config({"pause": on})
+
+    def applied() -> bool:
+        config = api.cluster_config()
+        return config is not None and bool(config.get("pause", False)) == on
+
+    wait_for(applied, timeout=10, what=f"maintenance {'on' if on else 'off'} in etcd")
+    return on
+
+
+def is_paused(settings: Settings) -> bool:
+    config = PatroniAPI(settings).cluster_config()
+    return bool(config and config.get("pause", False))
+
+
+def sync_standby_chosen(settings: Settings) -> bool:
+    """Patroni has named a synchronous standby (its /sync endpoint answers 200 on one node)."""
+    api = PatroniAPI(settings)
+    for node in settings.nodes:
+        try:
+            status, _ = api.get(node, "/sync")
+        except OSError:
+            continue
+        if status == 200:
+            return True
+    return False
+
+
+@dataclass
+class SyncReport:
+    primary: str
+    target_lsn: str
+    synced: bool
+    elapsed_s: float
+    lag_bytes: dict[str, int | None] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+_SYNC_SQL = """
+SELECT application_name, pg_wal_lsn_diff(%s::pg_lsn, replay_lsn)::bigint
+FROM pg_stat_replication
+"""
+
+
+def wait_sync(settings: Settings, secrets: ClusterSecrets, timeout: float = 30.0) -> SyncReport:
+    """Wait until every replica has replayed the primary's current LSN (the guide's sync step)."""
+    api = PatroniAPI(settings)
+    primary = api.leader()
+    if primary is None:
+        raise ClusterError("no running primary; see 'platform.sh status'")
+    replicas = [n.name for n in settings.nodes if n.name != primary.name]
+    began = time.monotonic()
+    try:
+        with connect_superuser(settings, secrets, primary) as conn:
+            row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+            assert row is not None
+            target = str(row[0])
+            report = SyncReport(primary.name, target, False, 0.0)
+            deadline = began + timeout
+            while True:
+                rows = conn.execute(_SYNC_SQL, (target,)).fetchall()
+                behind = {str(r[0]): int(str(r[1])) if r[1] is not None else None for r in rows}
+                report.lag_bytes = {name: behind.get(name) for name in replicas}
+                done = all((lag := report.lag_bytes[n]) is not None and lag <= 0 for n in replicas)
+                if done or time.monotonic() >= deadline:
+                    report.synced = done
+                    break
+                time.sleep(0.02)
+    except psycopg.Error as exc:
+        raise ClusterError(f"cannot query the primary {primary.name}: {exc}") from exc
+    report.elapsed_s = time.monotonic() - began
+    return report
+
+
+@dataclass
+class SwitchoverResult:
+    old_primary: str
+    new_primary: str
+    sync_wait_s: float
+    elapsed_s: float
+
+
+def switchover(
+    settings: Settings,
+    secrets: ClusterSecrets,
+    candidate: str | None = None,
+    timeout: float = 60.0,
+) -> SwitchoverResult:
+    """Planned switch: wait until the candidate has replayed everything, then switch roles."""
+    api = PatroniAPI(settings, secrets.api_password)
+    old = api.leader()
+    if old is None:
+        raise ClusterError("no running primary to switch over from; use 'promote-slave' instead")
+    target = choose_candidate(settings, candidate)
+    began = time.monotonic()
+    sync = wait_sync(settings, secrets, timeout=min(timeout, 30.0))
+    if not sync.synced:
+        raise TimeoutExpired(
+            f"{target} did not catch up with {old.name} in {sync.elapsed_s:.1f} s "
+            f"(behind by {sync.lag_bytes}); nothing was switched"
+        )
+    api.post(old, "/switchover", {"leader": old.name, "candidate": target}, timeout=timeout)
+    wait_routed(settings, target, timeout)
+    return SwitchoverResult(old.name, target, sync.elapsed_s, time.monotonic() - began)
+
+
+def rejoin(
+    settings: Settings, secrets: ClusterSecrets, node_name: str, timeout: float = 120.0
+) -> float:
+    """Re-clone a replica from the primary (Patroni's reinitialize) and wait until it streams."""
+    node = settings.node(node_name)
+    api = PatroniAPI(settings, secrets.api_password)
+    member = api.member(node)
+    if member.role is Role.PRIMARY and member.state == "running":
+        raise ClusterError(f"{node_name} is the primary; rejoin applies to replicas")
+    began = time.monotonic()
+    api.post(node, "/reinitialize", {"force": True}, timeout=30)
+
+    def streaming() -> bool:
+        m = api.member(node)
+        return m.role is Role.REPLICA and m.replication_state == "streaming"
+
+    def left_running() -> bool:
+        return api.member(node).state != "running"
+
+    # Patroni answers before it has stopped the node; see the clone begin, then finish.
+    with contextlib.suppress(TimeoutExpired):
+        wait_for(left_running, timeout=5, what=f"{node_name} starting its clone", interval=0.05)
+    wait_for(streaming, timeout=timeout, what=f"{node_name} streaming again")
+    return time.monotonic() - began
