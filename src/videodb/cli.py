@@ -16,9 +16,9 @@ from rich.console import Console
 from rich.markup import escape
 
 from videodb import __version__, render_text
-from videodb.cluster import backup, ha, lifecycle, promote, replication, status, tools
+from videodb.cluster import backup, ha, lifecycle, promote, replication, status, tools, topology
 from videodb.cluster.haproxy_stats import fetch_server_status, stats_url
-from videodb.config import LoadedSettings, default_config_file, load_settings, redacted
+from videodb.config import LoadedSettings, Settings, default_config_file, load_settings, redacted
 from videodb.errors import ConfigError, VideoDBError
 from videodb.layout import StateLayout, project_home, resolve_layout
 from videodb.secrets import load_secrets
@@ -60,6 +60,10 @@ class Context:
 
     def layout(self) -> StateLayout:
         return resolve_layout(self.loaded().settings)
+
+    def settings(self) -> Settings:
+        """The config's settings plus the replicas added with add-replica."""
+        return topology.with_extra_nodes(self.loaded().settings, self.layout())
 
 
 def _ctx(ctx: typer.Context) -> Context:
@@ -143,7 +147,7 @@ def start(
     for key, value in (("failover", failover), ("replication", replication), ("profile", profile)):
         if value is not None:
             c.assignments.append(f"patroni.{key}={value}")
-    settings = c.loaded().settings
+    settings = c.settings()
     layout = c.layout()
     began = time.monotonic()
 
@@ -176,7 +180,7 @@ def start(
 def stop(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """Stop every process of the platform. The data stays."""
     c = _ctx(ctx)
-    result = lifecycle.stop(c.loaded().settings, c.layout())
+    result = lifecycle.stop(c.settings(), c.layout())
     if as_json:
         _print_json({"was_running": result.was_running, "stopped_pids": result.stopped_pids})
     else:
@@ -213,7 +217,7 @@ def destroy(
         typer.confirm(
             f"Delete {layout.root} with all its data, logs, secrets and backups?", abort=True
         )
-    lifecycle.destroy(c.loaded().settings, layout)
+    lifecycle.destroy(c.settings(), layout)
     out.print(f"removed {layout.root}")
 
 
@@ -221,7 +225,7 @@ def destroy(
 def status_cmd(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """Every process with its role, pid, port and health. Exit 1 if unhealthy, 3 if stopped."""
     c = _ctx(ctx)
-    report = status.platform_status(c.loaded().settings, c.layout())
+    report = status.platform_status(c.settings(), c.layout())
     if as_json:
         _print_json(report.as_dict())
     else:
@@ -246,9 +250,7 @@ def replication_status(
     """
     c = _ctx(ctx)
     layout = c.layout()
-    report = replication.replication_report(
-        c.loaded().settings, load_secrets(layout), max_lag_s=max_lag
-    )
+    report = replication.replication_report(c.settings(), load_secrets(layout), max_lag_s=max_lag)
     if as_json:
         _print_json(report.as_dict())
     else:
@@ -267,7 +269,7 @@ def haproxy_stats(
     as_json: JsonOpt = False,
 ) -> None:
     """Each HAProxy backend server: UP/DOWN, sessions, response time."""
-    settings = _ctx(ctx).loaded().settings
+    settings = _ctx(ctx).settings()
     if url:
         out.print(stats_url(settings), highlight=False)
         return
@@ -297,7 +299,7 @@ def logs(
 ) -> None:
     """A service's logs (Patroni's and PostgreSQL's for a database node)."""
     c = _ctx(ctx)
-    files = tools.log_files(c.loaded().settings, c.layout(), service)
+    files = tools.log_files(c.settings(), c.layout(), service)
     argv = tools.tail_command(files, lines, follow)
     sys.stdout.flush()
     os.execvp(argv[0], argv)
@@ -312,7 +314,7 @@ def shell_video(
 ) -> None:
     """psql as the superuser on the current master, database video_platform."""
     c = _ctx(ctx)
-    argv, env = tools.psql_command(c.loaded().settings, c.layout(), command)
+    argv, env = tools.psql_command(c.settings(), c.layout(), command)
     sys.stdout.flush()
     if command is not None:
         raise typer.Exit(subprocess.run(argv, env=env, check=False).returncode)
@@ -331,7 +333,7 @@ def promote_slave(
 ) -> None:
     """EMERGENCY: promote the slave to master. The old master rejoins as a replica."""
     c = _ctx(ctx)
-    settings = c.loaded().settings
+    settings = c.settings()
     secrets = load_secrets(c.layout())
     candidate = promote.choose_candidate(settings, to)
     if not force:
@@ -363,7 +365,7 @@ def switchover(
 ) -> None:
     """Planned switch of roles: waits until the candidate has replayed everything first."""
     c = _ctx(ctx)
-    settings = c.loaded().settings
+    settings = c.settings()
     result = ha.switchover(settings, load_secrets(c.layout()), to, timeout=timeout)
     if as_json:
         _print_json(asdict(result))
@@ -383,7 +385,7 @@ def maintenance(
     if state not in ("on", "off"):
         raise ConfigError(f"maintenance takes 'on' or 'off', not {state!r}")
     c = _ctx(ctx)
-    ha.set_maintenance(c.loaded().settings, load_secrets(c.layout()), state == "on")
+    ha.set_maintenance(c.settings(), load_secrets(c.layout()), state == "on")
     out.print(
         "maintenance on: nothing is promoted automatically; 'promote-slave' still works"
         if state == "on"
@@ -399,7 +401,7 @@ def wait_sync(
 ) -> None:
     """Wait until every replica has replayed the master's current LSN; exit 1 if not in time."""
     c = _ctx(ctx)
-    report = ha.wait_sync(c.loaded().settings, load_secrets(c.layout()), timeout=timeout)
+    report = ha.wait_sync(c.settings(), load_secrets(c.layout()), timeout=timeout)
     if as_json:
         _print_json(report.as_dict())
     elif report.synced:
@@ -420,15 +422,74 @@ def rejoin(
 ) -> None:
     """Force a replica to re-clone from the master and stream again."""
     c = _ctx(ctx)
-    elapsed = ha.rejoin(c.loaded().settings, load_secrets(c.layout()), node, timeout=timeout)
+    elapsed = ha.rejoin(c.settings(), load_secrets(c.layout()), node, timeout=timeout)
     out.print(f"{node} streams from the master again ({elapsed:.1f} s)")
+
+
+@app.command("add-replica")
+def add_replica(
+    ctx: typer.Context,
+    name: Annotated[
+        str | None, typer.Argument(help="Node name (default postgres-video-replica-N).")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="PostgreSQL port (default: next free).")] = None,
+    api_port: Annotated[
+        int | None, typer.Option(help="Patroni REST port (default: next free).")
+    ] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for it to stream.")] = 180.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Add a read replica: it clones from the master, streams, then joins the read port."""
+    c = _ctx(ctx)
+    began = time.monotonic()
+
+    def progress(message: str) -> None:
+        if not as_json:
+            err.print(f"[dim]{time.monotonic() - began:6.1f}s[/] {message}", highlight=False)
+
+    _, change = topology.add_replica(
+        c.settings(), c.layout(), name, port, api_port, timeout=timeout, progress=progress
+    )
+    if as_json:
+        _print_json(asdict(change))
+    else:
+        out.print(
+            f"{change.name} streams and serves reads (postgres {change.port}, api "
+            f"{change.api_port}) after {change.elapsed_s:.1f} s"
+        )
+
+
+@app.command("remove-replica")
+def remove_replica(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="A replica added with add-replica.")],
+    drain_timeout: Annotated[
+        float, typer.Option(help="Seconds to let its HAProxy sessions finish.")
+    ] = 30.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Remove a replica: out of HAProxy first (drained), then stopped, its data deleted."""
+    c = _ctx(ctx)
+    began = time.monotonic()
+
+    def progress(message: str) -> None:
+        if not as_json:
+            err.print(f"[dim]{time.monotonic() - began:6.1f}s[/] {message}", highlight=False)
+
+    _, change = topology.remove_replica(
+        c.settings(), c.layout(), name, drain_timeout=drain_timeout, progress=progress
+    )
+    if as_json:
+        _print_json(asdict(change))
+    else:
+        out.print(f"{change.name} removed ({change.elapsed_s:.1f} s)")
 
 
 @app.command("backup-video")
 def backup_video(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """pg_dump (custom format) of video_platform from the master into backups/."""
     c = _ctx(ctx)
-    result = backup.dump_database(c.loaded().settings, c.layout())
+    result = backup.dump_database(c.settings(), c.layout())
     if as_json:
         _print_json(
             {

@@ -245,7 +245,7 @@ def stop(settings: Settings, layout: StateLayout, timeout: float = 120.0) -> Sto
         if pm_pid is None:
             continue
         result.was_running = True
-        _pg_ctl_stop(settings, data_dir)
+        pg_ctl_stop(settings, data_dir)
         result.stopped_pids.append(pm_pid)
     return result
 
@@ -263,7 +263,7 @@ def postmaster_pid(data_dir: Path) -> int | None:
     return pid if comm.startswith("postgres") else None
 
 
-def _pg_ctl_stop(settings: Settings, data_dir: Path) -> None:
+def pg_ctl_stop(settings: Settings, data_dir: Path) -> None:
     user = service_user()
     argv = [str(settings.postgresql.bin_dir / "pg_ctl"), "stop", "-m", "fast", "-w", "-D"]
     argv.append(str(data_dir))

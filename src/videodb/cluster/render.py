@@ -150,6 +150,10 @@ def render_patroni(config: dict[str, Any]) -> str:
     return header + yaml.safe_dump(config, sort_keys=False)
 
 
+def haproxy_socket(layout: StateLayout) -> Path:
+    return layout.service_run / "haproxy.sock"
+
+
 def haproxy_config(settings: Settings, layout: StateLayout) -> str:
     """Write port: Patroni's /primary only. Read port: /read-only (primary and running replicas)."""
     h = settings.haproxy
@@ -179,7 +183,7 @@ def haproxy_config(settings: Settings, layout: StateLayout) -> str:
         "global",
         f"    maxconn {h.maxconn}",
         "    log stdout format raw local0 info",
-        f"    stats socket {layout.service_run / 'haproxy.sock'} mode 600 level admin",
+        f"    stats socket {haproxy_socket(layout)} mode 600 level admin expose-fd listeners",
         "",
         "defaults",
         "    mode tcp",
@@ -293,6 +297,7 @@ def supervisor_config(
     for node in settings.nodes:
         argv = [str(tools.patroni), str(layout.patroni_config(node.name))]
         text += program(node.name, argv, 90, 20)
-    haproxy_argv = [str(tools.haproxy), "-db", "-f", str(layout.haproxy_config())]
+    # Master-worker mode: SIGUSR2 reloads a changed config; old workers finish their sessions.
+    haproxy_argv = [str(tools.haproxy), "-W", "-db", "-f", str(layout.haproxy_config())]
     text += program(HAPROXY_PROGRAM, haproxy_argv, 10, 30)
     return text

@@ -110,6 +110,20 @@ class Supervisor:
         if self.program(name).state in ("RUNNING", "STARTING", "BACKOFF"):
             self._call("stopProcess", name, True)
 
+    def signal_program(self, name: str, signal: str) -> None:
+        self._call("signalProcess", name, signal)
+
+    def apply_config(self) -> tuple[list[str], list[str]]:
+        """Re-read supervisord.conf: start added programs, stop and drop removed ones."""
+        added, _changed, removed = self._call("reloadConfig")[0]
+        for name in removed:
+            if self.program(name).state in ("RUNNING", "STARTING", "BACKOFF"):
+                self._call("stopProcess", name, True)
+            self._call("removeProcessGroup", name)
+        for name in added:
+            self._call("addProcessGroup", name)
+        return list(added), list(removed)
+
     def shutdown(self) -> None:
         self._call("shutdown")
 

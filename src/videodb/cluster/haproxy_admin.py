@@ -1,0 +1,32 @@
+"""HAProxy's runtime API (its admin socket): drain or disable a server without a reload."""
+
+from __future__ import annotations
+
+import socket
+
+from videodb.cluster.render import haproxy_socket
+from videodb.errors import ClusterError
+from videodb.layout import StateLayout
+
+
+def haproxy_command(layout: StateLayout, command: str, timeout: float = 5.0) -> str:
+    path = haproxy_socket(layout)
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(str(path))
+            sock.sendall(command.encode() + b"\n")
+            chunks = []
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+    except OSError as exc:
+        raise ClusterError(f"HAProxy admin socket {path} refused {command!r}: {exc}") from exc
+    answer = b"".join(chunks).decode(errors="replace").strip()
+    if answer and not answer.startswith(("#", "Done")) and "No such" in answer:
+        raise ClusterError(f"HAProxy refused {command!r}: {answer}")
+    return answer
+
+
+def set_server_state(layout: StateLayout, backend: str, server: str, state: str) -> None:
+    """state: ready, drain or maint."""
+    haproxy_command(layout, f"set server {backend}/{server} state {state}")

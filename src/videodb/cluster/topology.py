@@ -1,0 +1,231 @@
+"""Scaling (the guide's "add more read replicas"): add and remove replicas on a running cluster.
+
+Replicas added here are kept in the state directory (nodes.json) beside the nodes of the config
+file, so `stop` / `start` bring them back.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from videodb.cluster.haproxy_admin import haproxy_command, set_server_state
+from videodb.cluster.haproxy_stats import fetch_server_status
+from videodb.cluster.lifecycle import (
+    is_running,
+    pg_ctl_stop,
+    postmaster_pid,
+    prepare_state,
+    validate_haproxy,
+)
+from videodb.cluster.patroni_api import PatroniAPI, Role
+from videodb.cluster.preflight import find_toolchain, port_problems
+from videodb.cluster.render import HAPROXY_PROGRAM, READ_BACKEND, WRITE_BACKEND, Toolchain
+from videodb.cluster.supervisor import Supervisor
+from videodb.config import NodeSpec, Settings
+from videodb.errors import ClusterError, ConfigError, NotRunningError, PrerequisiteError
+from videodb.layout import StateLayout, service_user
+from videodb.ports import port_is_free
+from videodb.waiting import wait_for
+
+Progress = Callable[[str], None]
+
+
+def _nodes_file(layout: StateLayout) -> str:
+    return str(layout.root / "nodes.json")
+
+
+def extra_nodes(layout: StateLayout) -> list[NodeSpec]:
+    path = layout.root / "nodes.json"
+    if not path.exists():
+        return []
+    try:
+        data = json.loads(path.read_text())
+        return [NodeSpec.model_validate(item) for item in data]
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{path} is not a valid list of nodes ({exc}); fix or remove it") from exc
+
+
+def _save_extra(layout: StateLayout, nodes: list[NodeSpec]) -> None:
+    path = layout.root / "nodes.json"
+    path.write_text(json.dumps([n.model_dump() for n in nodes], indent=2) + "\n")
+
+
+def with_extra_nodes(settings: Settings, layout: StateLayout) -> Settings:
+    """The configured nodes plus the replicas added with add-replica."""
+    extra = extra_nodes(layout)
+    if not extra:
+        return settings
+    data = settings.model_dump()
+    data["database"]["app_password"] = settings.database.app_password
+    data["nodes"] = [*data["nodes"], *(n.model_dump() for n in extra)]
+    try:
+        return Settings.model_validate(data)
+    except ValueError as exc:
+        raise ConfigError(
+            f"replicas in {_nodes_file(layout)} clash with the config: {exc}"
+        ) from exc
+
+
+def _next_port(used: set[int], start: int, host: str) -> int:
+    port = start
+    while port in used or not port_is_free(host, port):
+        port += 1
+        if port > 65535:
+            raise PrerequisiteError("no free port left above the existing nodes' ports")
+    return port
+
+
+def _tools(settings: Settings) -> Toolchain:
+    tools, problems = find_toolchain(settings)
+    if tools is None:
+        raise PrerequisiteError("cannot change the cluster:\n  " + "\n  ".join(problems))
+    return tools
+
+
+def _reload_haproxy(settings: Settings, layout: StateLayout, tools: Toolchain) -> None:
+    validate_haproxy(tools, layout)
+    Supervisor(layout).signal_program(HAPROXY_PROGRAM, "USR2")
+
+
+def _server_in_read_backend(settings: Settings, name: str, up: bool | None) -> bool:
+    try:
+        servers = fetch_server_status(settings)
+    except NotRunningError:
+        return False
+    for s in servers:
+        if s.backend == READ_BACKEND and s.server == name:
+            return up is None or s.up == up
+    return False
+
+
+@dataclass
+class ReplicaChange:
+    name: str
+    port: int
+    api_port: int
+    elapsed_s: float
+
+
+def add_replica(
+    settings: Settings,
+    layout: StateLayout,
+    name: str | None = None,
+    port: int | None = None,
+    api_port: int | None = None,
+    timeout: float = 180.0,
+    progress: Progress = lambda _: None,
+) -> tuple[Settings, ReplicaChange]:
+    """Clone a new replica from the primary, wait until it streams, add it to the read port."""
+    if not is_running(layout):
+        raise NotRunningError("the platform is not running; 'platform.sh start video' first")
+    began = time.monotonic()
+    existing = {n.name for n in settings.nodes}
+    if name is None:
+        i = 1
+        while f"postgres-video-replica-{i}" in existing:
+            i += 1
+        name = f"postgres-video-replica-{i}"
+    if name in existing:
+        raise ConfigError(f"a node named {name!r} exists already")
+    host = settings.listen_host
+    used = set(settings.all_ports().values())
+    port = port or _next_port(used, max(n.port for n in settings.nodes) + 1, host)
+    used.add(port)
+    api_port = api_port or _next_port(used, max(n.api_port for n in settings.nodes) + 1, host)
+    node = NodeSpec(name=name, port=port, api_port=api_port)
+    extra = [*extra_nodes(layout), node]
+    data = settings.model_dump()
+    data["database"]["app_password"] = settings.database.app_password
+    data["nodes"] = [*data["nodes"], node.model_dump()]
+    try:
+        new_settings = Settings.model_validate(data)
+    except ValueError as exc:
+        raise ConfigError(f"cannot add {name}: {exc}") from exc
+    busy = [p for p in port_problems(new_settings) if f"({name} " in p]
+    if busy:
+        raise PrerequisiteError("cannot add the replica:\n  " + "\n  ".join(busy))
+    tools = _tools(new_settings)
+    progress(f"adding {name} (postgres {port}, api {api_port})")
+    _save_extra(layout, extra)
+    prepare_state(new_settings, layout, service_user(), tools)
+    supervisor = Supervisor(layout)
+    supervisor.apply_config()
+    progress(f"{name} is cloning from the primary")
+    api = PatroniAPI(new_settings)
+
+    def streaming() -> bool:
+        m = api.member(node)
+        return m.role is Role.REPLICA and m.replication_state == "streaming"
+
+    wait_for(
+        streaming,
+        timeout=timeout,
+        what=f"{name} streaming",
+        hint=f"see 'platform.sh logs {name}'",
+    )
+    progress("reloading HAProxy with the new server (existing connections stay)")
+    _reload_haproxy(new_settings, layout, tools)
+    wait_for(
+        lambda: _server_in_read_backend(new_settings, name, True),
+        timeout=30,
+        what=f"{name} UP in HAProxy's read backend",
+        hint="see 'platform.sh haproxy-stats'",
+    )
+    return new_settings, ReplicaChange(name, port, api_port, time.monotonic() - began)
+
+
+def remove_replica(
+    settings: Settings,
+    layout: StateLayout,
+    name: str,
+    drain_timeout: float = 30.0,
+    progress: Progress = lambda _: None,
+) -> tuple[Settings, ReplicaChange]:
+    """Take a replica out of HAProxy (drain its sessions), then stop it and delete its data."""
+    if not is_running(layout):
+        raise NotRunningError("the platform is not running; 'platform.sh start video' first")
+    began = time.monotonic()
+    extra = extra_nodes(layout)
+    node = next((n for n in extra if n.name == name), None)
+    if node is None:
+        settings.node(name)  # unknown name: lists the nodes
+        raise ConfigError(
+            f"{name} comes from the config file, not from add-replica; remove it there and restart"
+        )
+    member = PatroniAPI(settings).member(node)
+    if member.role is Role.PRIMARY:
+        raise ClusterError(f"{name} is the primary; 'platform.sh switchover' to another node first")
+    progress(f"draining {name} in HAProxy (no new connections)")
+    set_server_state(layout, WRITE_BACKEND, name, "maint")
+    set_server_state(layout, READ_BACKEND, name, "drain")
+
+    def drained() -> bool:
+        servers = fetch_server_status(settings)
+        return all(s.current_sessions == 0 for s in servers if s.server == name)
+
+    try:
+        wait_for(drained, timeout=drain_timeout, what=f"{name}'s sessions finishing")
+    except ClusterError:
+        progress(f"{name} still has sessions after {drain_timeout:g} s; closing them")
+        haproxy_command(layout, f"shutdown sessions server {READ_BACKEND}/{name}")
+    set_server_state(layout, READ_BACKEND, name, "maint")
+    progress(f"stopping {name}")
+    remaining = [n for n in extra if n.name != name]
+    _save_extra(layout, remaining)
+    data = settings.model_dump()
+    data["database"]["app_password"] = settings.database.app_password
+    data["nodes"] = [n for n in data["nodes"] if n["name"] != name]
+    new_settings = Settings.model_validate(data)
+    tools = _tools(new_settings)
+    prepare_state(new_settings, layout, service_user(), tools)
+    (layout.patroni_config(name)).unlink(missing_ok=True)
+    Supervisor(layout).apply_config()  # stops its Patroni, which stops its postgres
+    if postmaster_pid(layout.node_data(name)) is not None:
+        pg_ctl_stop(settings, layout.node_data(name))
+    _reload_haproxy(new_settings, layout, tools)
+    shutil.rmtree(layout.node_data(name), ignore_errors=True)
+    return new_settings, ReplicaChange(name, node.port, node.api_port, time.monotonic() - began)
