@@ -16,7 +16,17 @@ from rich.console import Console
 from rich.markup import escape
 
 from videodb import __version__, render_text
-from videodb.cluster import backup, ha, lifecycle, promote, replication, status, tools, topology
+from videodb.cluster import (
+    backup,
+    drill,
+    ha,
+    lifecycle,
+    promote,
+    replication,
+    status,
+    tools,
+    topology,
+)
 from videodb.cluster.haproxy_stats import fetch_server_status, stats_url
 from videodb.config import LoadedSettings, Settings, default_config_file, load_settings, redacted
 from videodb.errors import ConfigError, VideoDBError
@@ -483,6 +493,46 @@ def remove_replica(
         _print_json(asdict(change))
     else:
         out.print(f"{change.name} removed ({change.elapsed_s:.1f} s)")
+
+
+@app.command("failover-test")
+def failover_test(
+    ctx: typer.Context,
+    fault: Annotated[
+        str, typer.Option(help="kill-postgres, kill-node, freeze or switchover.")
+    ] = "kill-postgres",
+    freeze_seconds: Annotated[
+        float | None, typer.Option(help="How long 'freeze' stops the master (default ttl + 5).")
+    ] = None,
+    repeat: Annotated[int, typer.Option(min=1, max=50, help="Runs of the same fault.")] = 1,
+    as_json: JsonOpt = False,
+) -> None:
+    """Drill: inject a fault on the master under load; report downtime, lost and in-doubt writes.
+
+    Exit 1 if a run lost an acknowledged write, saw two masters at once, or did not heal.
+    """
+    c = _ctx(ctx)
+    began = time.monotonic()
+
+    def progress(message: str) -> None:
+        if not as_json:
+            err.print(f"[dim]{time.monotonic() - began:6.1f}s[/] {message}", highlight=False)
+
+    report = drill.run_drills(
+        c.settings(),
+        c.layout(),
+        load_secrets(c.layout()),
+        fault,
+        repeat=repeat,
+        freeze_seconds=freeze_seconds,
+        progress=progress,
+    )
+    if as_json:
+        _print_json(report.as_dict())
+    else:
+        out.print(render_text.drill_table(report))
+    if not report.passed:
+        raise typer.Exit(1)
 
 
 @app.command("backup-video")

@@ -7,6 +7,7 @@ from typing import Any
 
 from rich.table import Table
 
+from videodb.cluster.drill import DrillReport
 from videodb.cluster.haproxy_stats import ServerStatus
 from videodb.cluster.replication import ReplicationReport
 from videodb.cluster.status import PlatformStatus
@@ -98,3 +99,31 @@ def config_text(doc: dict[str, Any]) -> str:
         lines.append(f"# {key} from {source}")
     lines.append(json.dumps(doc["settings"], indent=2))
     return "\n".join(lines)
+
+
+def drill_table(report: DrillReport) -> Table:
+    table = Table(title=f"failover-test --fault {report.fault}", title_justify="left")
+    columns = ("run", "old -> new master", "write down s", "read down s", "acked", "lost")
+    for column in (*columns, "in doubt", "failed reads", "two masters", "healed (s)"):
+        table.add_column(column)
+    for i, r in enumerate(report.runs, 1):
+        table.add_row(
+            str(i),
+            f"{r.old_primary} -> {r.new_primary}",
+            f"{r.write_downtime_s:.2f}",
+            f"{r.read_downtime_s:.2f}",
+            str(r.acknowledged),
+            f"[red]{r.lost_acknowledged}[/]" if r.lost_acknowledged else "0",
+            str(r.in_doubt),
+            str(r.failed_reads),
+            "[red]YES[/]" if r.two_primaries else "no",
+            f"{'yes' if r.healed else '[red]NO[/]'} ({r.heal_s:.1f})",
+        )
+    if len(report.runs) > 1:
+        summary = report.as_dict()
+        w, rd = summary["write_downtime_s"], summary["read_downtime_s"]
+        table.caption = (
+            f"write downtime median {w['median']:.2f} s, worst {w['worst']:.2f} s; "
+            f"read downtime median {rd['median']:.2f} s, worst {rd['worst']:.2f} s"
+        )
+    return table

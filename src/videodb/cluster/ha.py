@@ -44,19 +44,6 @@ def is_paused(settings: Settings) -> bool:
     return bool(config and config.get("pause", False))
 
 
-def sync_standby_chosen(settings: Settings) -> bool:
-    """Patroni has named a synchronous standby (its /sync endpoint answers 200 on one node)."""
-    api = PatroniAPI(settings)
-    for node in settings.nodes:
-        try:
-            status, _ = api.get(node, "/sync")
-        except OSError:
-            continue
-        if status == 200:
-            return True
-    return False
-
-
 @dataclass
 class SyncReport:
     primary: str

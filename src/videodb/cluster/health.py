@@ -39,7 +39,25 @@ class HealthReport:
         return primaries[0] if len(primaries) == 1 else None
 
 
-def check_health(settings: Settings, *, check_haproxy: bool = True) -> HealthReport:
+def sync_standby_chosen(settings: Settings) -> bool:
+    """Patroni has named a synchronous standby (its /sync endpoint answers 200 on one node)."""
+    api = PatroniAPI(settings)
+    for node in settings.nodes:
+        try:
+            status, _ = api.get(node, "/sync")
+        except OSError:
+            continue
+        if status == 200:
+            return True
+    return False
+
+
+def check_health(
+    settings: Settings, *, check_haproxy: bool = True, require_sync: bool = True
+) -> HealthReport:
+    """Healthy: etcd up, one running primary, every replica streaming, HAProxy routing right,
+    and, in a synchronous mode, a synchronous standby named (without one Patroni will not fail
+    over, so as not to lose acknowledged writes)."""
     api = PatroniAPI(settings)
     etcd = etcd_healthy(settings)
     members = api.members()
@@ -59,6 +77,14 @@ def check_health(settings: Settings, *, check_haproxy: bool = True) -> HealthRep
             problems.append(f"{member.name}: postgres {member.state}")
         elif member.replication_state != "streaming":
             problems.append(f"{member.name}: replica not streaming ({member.replication_state})")
+    if (
+        require_sync
+        and settings.patroni.replication != "async"
+        and len(settings.nodes) > 1
+        and not problems
+        and not sync_standby_chosen(settings)
+    ):
+        problems.append("no synchronous standby named yet")
     servers: list[ServerStatus] = []
     if check_haproxy:
         try:

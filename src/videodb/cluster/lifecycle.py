@@ -11,8 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from videodb.cluster import render
-from videodb.cluster.ha import apply_dynamic_config, is_paused, sync_standby_chosen
-from videodb.cluster.health import HealthReport, check_health, etcd_healthy
+from videodb.cluster.ha import apply_dynamic_config, is_paused
+from videodb.cluster.health import (
+    HealthReport,
+    check_health,
+    etcd_healthy,
+    sync_standby_chosen,
+)
 from videodb.cluster.patroni_api import PatroniAPI
 from videodb.cluster.pg import ensure_application_database
 from videodb.cluster.preflight import check_prerequisites
@@ -209,7 +214,7 @@ def _wait_cluster(
     last: list[HealthReport] = []
 
     def healthy() -> bool:
-        report = check_health(settings)
+        report = check_health(settings, require_sync=False)
         last[:] = [report]
         return report.healthy
 

@@ -119,6 +119,9 @@ def patroni_config(
             "basebackup": [{"checkpoint": "fast"}],
             "create_replica_methods": ["basebackup"],
             "use_unix_socket": False,
+            # When pg_rewind cannot bring a former master back, clone it afresh instead.
+            "remove_data_directory_on_rewind_failure": True,
+            "remove_data_directory_on_diverged_timelines": True,
         },
         "tags": {"nofailover": False, "noloadbalance": False, "clonefrom": False},
     }
@@ -160,7 +163,7 @@ def haproxy_config(settings: Settings, layout: StateLayout) -> str:
     host = settings.listen_host
     server_opts = (
         f"check inter {h.check_interval_ms}ms fastinter {h.fast_interval_ms}ms "
-        f"downinter {h.check_interval_ms}ms rise {h.rise} fall {h.fall} "
+        f"downinter {h.fast_interval_ms}ms rise {h.rise} fall {h.fall} "
         "on-marked-down shutdown-sessions observe layer4 error-limit 1 on-error mark-down"
     )
 
