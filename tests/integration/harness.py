@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 
 from videodb.cluster import lifecycle
 from videodb.cluster.supervisor import Supervisor, supervisord_pid
-from videodb.config import Settings
+from videodb.cluster.topology import with_extra_nodes
+from videodb.config import Settings, load_settings
 from videodb.layout import StateLayout
 from videodb.sandbox import make_workdir, write_sandbox_config
 from videodb.secrets import ClusterSecrets, load_secrets
@@ -26,8 +31,13 @@ __all__ = ["CLI", "RunningCluster", "make_workdir", "write_sandbox_config"]
 @dataclass
 class RunningCluster:
     config_file: Path
-    settings: Settings
+    base_settings: Settings
     layout: StateLayout
+
+    @property
+    def settings(self) -> Settings:
+        """The config's nodes plus those added with add-replica."""
+        return with_extra_nodes(self.base_settings, self.layout)
 
     @property
     def secrets(self) -> ClusterSecrets:
@@ -116,3 +126,28 @@ def alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+@contextmanager
+def cluster_lifecycle(
+    request: pytest.FixtureRequest, prefix: str, extra_toml: str = ""
+) -> Iterator[RunningCluster]:
+    """Start a cluster through the CLI; stop it by its pids; keep its logs if a test failed."""
+    workdir = make_workdir(prefix)
+    config_file = write_sandbox_config(workdir, extra_toml)
+    loaded = load_settings(config_file, env={}, require_file=True)
+    running = RunningCluster(config_file, loaded.settings, StateLayout(workdir / "state"))
+    failed_before = request.session.testsfailed
+    try:
+        result = running.cli("start", "video", timeout=240)
+        assert result.rc == 0, result
+        yield running
+    finally:
+        pids = started_pids(running) if running.layout.root.exists() else set()
+        lifecycle.stop(running.settings, running.layout)
+        leftover = [p for p in pids if alive(p)]
+        if request.session.testsfailed == failed_before and not leftover:
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            print(f"\nintegration cluster kept for inspection: {workdir}")
+        assert not leftover, f"processes left running after stop: {leftover}"

@@ -18,7 +18,8 @@ import statistics
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -236,10 +237,10 @@ def _inject(
             raise ClusterError(f"no running postmaster for {old.name}")
         os.kill(pm, signal.SIGKILL)
         return
-    patroni_pid = Supervisor(layout).program(old.name).pid
-    if patroni_pid is None:
-        raise ClusterError(f"Patroni of {old.name} is not running")
     if fault == "freeze":
+        patroni_pid = Supervisor(layout).program(old.name).pid
+        if patroni_pid is None:
+            raise ClusterError(f"Patroni of {old.name} is not running")
         pids = [patroni_pid, *_postgres_pids(layout, old.name)]
         _signal(pids, signal.SIGSTOP)
         try:
@@ -250,15 +251,7 @@ def _inject(
             _signal(pids, signal.SIGCONT)
         return
     if fault == "kill-node":
-        sup = supervisord_pid(layout)
-        if sup is None:
-            raise ClusterError("supervisord is not running")
-        # The node stays dead (supervisord paused, so nothing restarts it) until another node
-        # leads; then it comes back, as a machine would after a reboot.
-        pids = [patroni_pid, *_postgres_pids(layout, old.name)]
-        os.kill(sup, signal.SIGSTOP)
-        try:
-            _signal(pids, signal.SIGKILL)
+        with node_down(layout, old.name):
             progress(f"{old.name} killed (Patroni and postgres); waiting for a new leader")
 
             def new_leader() -> bool:
@@ -266,10 +259,30 @@ def _inject(
                 return leader is not None and leader.name != old.name
 
             wait_for(new_leader, timeout=timeout, what="another node taking over", interval=0.05)
-        finally:
-            os.kill(sup, signal.SIGCONT)
         return
     raise ConfigError(f"unknown fault {fault!r}; choose one of {', '.join(FAULTS)}")
+
+
+@contextmanager
+def node_down(layout: StateLayout, node: str) -> Iterator[None]:
+    """kill -9 a node's Patroni and postgres; it stays down until the block ends.
+
+    supervisord is paused meanwhile (nothing restarts the node), then resumed: it restarts the
+    node's Patroni as a machine would after a reboot.
+    """
+    sup = supervisord_pid(layout)
+    if sup is None:
+        raise ClusterError("supervisord is not running")
+    patroni_pid = Supervisor(layout).program(node).pid
+    if patroni_pid is None:
+        raise ClusterError(f"Patroni of {node} is not running")
+    pids = [patroni_pid, *_postgres_pids(layout, node)]
+    os.kill(sup, signal.SIGSTOP)
+    try:
+        _signal(pids, signal.SIGKILL)
+        yield
+    finally:
+        os.kill(sup, signal.SIGCONT)
 
 
 def run_drill(
