@@ -107,6 +107,7 @@ class PatroniSpec(_Strict):
     loop_wait: Annotated[int, Field(ge=1, le=600)] | None = None
     retry_timeout: Annotated[int, Field(ge=3, le=600)] | None = None
     maximum_lag_on_failover: Annotated[int, Field(ge=0)] = 1_048_576
+    primary_start_timeout: Annotated[int, Field(ge=0, le=3600)] = 30
 
     def timings(self) -> tuple[int, int, int]:
         """(ttl, loop_wait, retry_timeout): the profile's, with any explicit value on top."""

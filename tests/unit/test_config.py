@@ -130,3 +130,18 @@ def test_redacted_hides_the_application_password() -> None:
     data = redacted(loaded.settings)
     assert "hunter2-secret" not in repr(data)
     assert data["database"]["app_password"] == "********"
+
+
+def test_timing_profiles_and_explicit_overrides() -> None:
+    def timings(*assignments: str) -> tuple[int, int, int]:
+        return load_settings(None, env={}, assignments=list(assignments)).settings.patroni.timings()
+
+    assert timings() == (20, 1, 4)
+    assert timings("patroni.profile=default") == (30, 10, 10)
+    assert timings("patroni.profile=safe") == (60, 10, 25)
+    assert timings("patroni.profile=safe", "patroni.ttl=90") == (90, 10, 25)
+
+
+def test_unknown_failover_mode_is_rejected_with_its_value() -> None:
+    with pytest.raises(ConfigError, match=r"patroni.failover: bad value 'sometimes'"):
+        load_settings(None, env={}, assignments=["patroni.failover=sometimes"])

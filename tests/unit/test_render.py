@@ -121,3 +121,28 @@ def test_stats_csv_parsing_keeps_server_rows() -> None:
         ("postgres-video-master", True, 1),
         ("postgres-video-slave", False, 0),
     ]
+
+
+def test_dynamic_config_follows_failover_and_replication_modes() -> None:
+    default = render.dynamic_config(Settings())
+    assert default["pause"] is False
+    assert default["synchronous_mode"] is False and default["synchronous_mode_strict"] is False
+    assert (default["ttl"], default["loop_wait"], default["retry_timeout"]) == (20, 1, 4)
+    manual = load_settings(
+        None,
+        env={},
+        assignments=["patroni.failover=manual", "patroni.replication=sync-strict"],
+    ).settings
+    config = render.dynamic_config(manual)
+    assert config["pause"] is True
+    assert config["synchronous_mode"] is True and config["synchronous_mode_strict"] is True
+    bootstrap = patroni(manual)["bootstrap"]["dcs"]
+    assert "pause" not in bootstrap  # a new cluster bootstraps unpaused; start pauses it after
+    assert bootstrap["synchronous_mode_strict"] is True
+
+
+def test_haproxy_runs_master_worker_for_seamless_reloads() -> None:
+    text = render.supervisor_config(Settings(), LAYOUT, TOOLS, ServiceUser("postgres", 101, 104))
+    haproxy = text.split("[program:haproxy-postgres]")[1]
+    assert "haproxy -W -db -f" in haproxy
+    assert "expose-fd listeners" in render.haproxy_config(Settings(), LAYOUT)

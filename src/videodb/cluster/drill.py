@@ -232,10 +232,9 @@ def _inject(
         ha.switchover(settings, secrets, None, timeout=timeout)
         return
     if fault == "kill-postgres":
-        pm = postmaster_pid(layout.node_data(old.name))
-        if pm is None:
-            raise ClusterError(f"no running postmaster for {old.name}")
-        os.kill(pm, signal.SIGKILL)
+        # The whole instance at once, as the OOM killer would: a postmaster killed alone leaves
+        # its idle backends behind, and their shared memory blocks a restart until they exit.
+        _signal(_postgres_pids(layout, old.name), signal.SIGKILL)
         return
     if fault == "freeze":
         patroni_pid = Supervisor(layout).program(old.name).pid

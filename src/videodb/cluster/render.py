@@ -139,6 +139,7 @@ def dynamic_config(settings: Settings, *, include_pause: bool = True) -> dict[st
         "loop_wait": loop_wait,
         "retry_timeout": retry_timeout,
         "maximum_lag_on_failover": p.maximum_lag_on_failover,
+        "primary_start_timeout": p.primary_start_timeout,
         "failsafe_mode": True,
         "synchronous_mode": p.replication != "async",
         "synchronous_mode_strict": p.replication == "sync-strict",

@@ -1,0 +1,85 @@
+"""Benchmark: write downtime per fault (failover-test drills) and sync versus async write TPS.
+
+    .venv/bin/python -m bench.failover [--repeat 3] [--faults kill-postgres,switchover,...]
+                                        [--seconds 10] [--profile fast]
+
+One throwaway cluster (free ports, temporary directory) with synchronous replication runs every
+drill `--repeat` times and prints the median and worst write and read downtime per fault. Then
+pgbench -N (4 clients) through the write port measures write TPS with replication async and sync,
+switched on the same cluster, as a ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+
+from bench.proxy_tps import pgbench, tps
+from videodb.cluster import lifecycle
+from videodb.cluster.drill import FAULTS, run_drills
+from videodb.cluster.ha import apply_dynamic_config
+from videodb.cluster.health import check_health, sync_standby_chosen
+from videodb.config import Settings
+from videodb.sandbox import sandbox
+from videodb.secrets import load_secrets
+from videodb.waiting import wait_for
+
+
+def with_replication(settings: Settings, mode: str) -> Settings:
+    return settings.model_copy(
+        update={"patroni": settings.patroni.model_copy(update={"replication": mode})}
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--faults", default=",".join(FAULTS))
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--profile", default="fast")
+    args = parser.parse_args()
+    extra = f'[patroni]\nreplication = "sync"\nprofile = "{args.profile}"\n'
+    with sandbox("videodb-bench-", extra=extra) as box:
+        s = box.settings
+        try:
+            lifecycle.start(s, box.layout)
+            secrets = load_secrets(box.layout)
+            ttl, loop_wait, retry = s.patroni.timings()
+            print(f"profile {args.profile}: ttl {ttl}, loop_wait {loop_wait}, retry {retry}")
+            for fault in args.faults.split(","):
+                report = run_drills(s, box.layout, secrets, fault, repeat=args.repeat)
+                writes = [r.write_downtime_s for r in report.runs]
+                reads = [r.read_downtime_s for r in report.runs]
+                lost = sum(r.lost_acknowledged for r in report.runs)
+                acked = sum(r.acknowledged for r in report.runs)
+                split = any(r.two_primaries for r in report.runs)
+                healed = all(r.healed for r in report.runs)
+                print(
+                    f"{fault:14s} write downtime median {statistics.median(writes):6.2f} s, "
+                    f"worst {max(writes):6.2f} s | read downtime median "
+                    f"{statistics.median(reads):5.2f} s, worst {max(reads):5.2f} s | "
+                    f"acked {acked}, lost {lost}, two masters {split}, healed {healed} "
+                    f"({args.repeat} runs)",
+                    flush=True,
+                )
+            pgbench(s, s.haproxy.write_port, ["-i", "-q", "-s", "10"])
+            run = ["-n", "-N", "-c", "4", "-j", "2", "-T", str(args.seconds)]
+            figures: dict[str, float] = {}
+            for mode in ("async", "sync", "async", "sync"):
+                apply_dynamic_config(with_replication(s, mode), secrets)
+                if mode == "sync":
+                    wait_for(lambda: sync_standby_chosen(s), timeout=30, what="a sync standby")
+                wait_for(lambda: check_health(s, require_sync=False).healthy, timeout=60, what="ok")
+                value = tps(pgbench(s, s.haproxy.write_port, run))
+                figures[mode] = max(figures.get(mode, 0.0), value)
+                print(f"pgbench -N through the write port, {mode}: {value:.0f} tps", flush=True)
+            print(
+                f"best of two: async {figures['async']:.0f} tps, sync {figures['sync']:.0f} tps, "
+                f"sync/async ratio {figures['sync'] / figures['async']:.2f}"
+            )
+        finally:
+            lifecycle.stop(s, box.layout)
+
+
+if __name__ == "__main__":
+    main()
