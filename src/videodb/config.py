@@ -88,9 +88,11 @@ class DatabaseSpec(_Strict):
         return self
 
 
-# ttl, loop_wait, retry_timeout. 'fast' is the tightest Patroni accepts (it raises a ttl below 20).
+# ttl, loop_wait, retry_timeout. 'fast' is the tightest Patroni accepts (it raises a ttl below 20
+# and a retry_timeout below 3). retry_timeout / 2 is how long Patroni keeps retrying a postgres
+# that stopped answering before it restarts it: 3 instead of 4 takes 0.5 s off a crash.
 TIMING_PROFILES: dict[str, tuple[int, int, int]] = {
-    "fast": (20, 1, 4),
+    "fast": (20, 1, 3),
     "default": (30, 10, 10),
     "safe": (60, 10, 25),
 }

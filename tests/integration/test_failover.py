@@ -61,7 +61,7 @@ def test_sync_mode_is_applied(sync_cluster: RunningCluster) -> None:
     config = PatroniAPI(sync_cluster.settings).cluster_config()
     assert config is not None
     assert config["synchronous_mode"] is True and config["synchronous_mode_strict"] is False
-    assert (config["ttl"], config["loop_wait"], config["retry_timeout"]) == (20, 1, 4)
+    assert (config["ttl"], config["loop_wait"], config["retry_timeout"]) == (20, 1, 3)
     report = sync_cluster.cli_json("replication-status")
     assert report["replicas"][0]["sync_state"] == "sync"
 
@@ -125,6 +125,25 @@ def test_manual_mode_promotes_nothing_until_promote_slave(sync_cluster: RunningC
     assert roles(c) == {master.name: Role.REPLICA, other: Role.PRIMARY}
 
 
+def test_wait_sync_exits_1_and_shows_the_lag_when_a_replica_is_gone(
+    sync_cluster: RunningCluster,
+) -> None:
+    c = sync_cluster
+    replica = next(n for n, r in roles(c).items() if r is Role.REPLICA)
+    c.supervisor().stop_program(replica)
+    try:
+        with c.app_connect(c.write_port) as conn:  # WAL the replica has not seen
+            conn.execute("CREATE TABLE IF NOT EXISTS wait_sync_check (id int)")
+        report = c.cli_json("wait-sync", "--timeout", "2", expect_rc=1)
+        assert report["synced"] is False
+        assert report["lag_bytes"] == {replica: None}
+        text = c.cli("wait-sync", "--timeout", "1")
+        assert text.rc == 1 and f"{replica}: not connected" in text.stderr
+    finally:
+        c.supervisor().start_program(replica)
+    wait_healthy(c)
+
+
 def test_rejoin_reclones_a_replica(sync_cluster: RunningCluster) -> None:
     replica = next(n for n, r in roles(sync_cluster).items() if r is Role.REPLICA)
     result = sync_cluster.cli("rejoin", replica, timeout=200)
@@ -133,7 +152,12 @@ def test_rejoin_reclones_a_replica(sync_cluster: RunningCluster) -> None:
 
 
 def test_three_node_cluster_survives_master_loss(sync_cluster: RunningCluster) -> None:
-    added = sync_cluster.cli_json("add-replica")
+    c = sync_cluster
+    # Connections open before the HAProxy reload keep working after it.
+    with c.app_connect(c.read_port) as reader, c.app_connect(c.write_port) as writer:
+        added = c.cli_json("add-replica")
+        assert reader.execute("SELECT 1").fetchone() == (1,)
+        writer.execute("CREATE TABLE IF NOT EXISTS reload_check (id int)")
     assert added["name"] == "postgres-video-replica-1"
     wait_healthy(sync_cluster)
     report = sync_cluster.cli_json("haproxy-stats")

@@ -136,7 +136,7 @@ def test_timing_profiles_and_explicit_overrides() -> None:
     def timings(*assignments: str) -> tuple[int, int, int]:
         return load_settings(None, env={}, assignments=list(assignments)).settings.patroni.timings()
 
-    assert timings() == (20, 1, 4)
+    assert timings() == (20, 1, 3)
     assert timings("patroni.profile=default") == (30, 10, 10)
     assert timings("patroni.profile=safe") == (60, 10, 25)
     assert timings("patroni.profile=safe", "patroni.ttl=90") == (90, 10, 25)

@@ -127,7 +127,7 @@ def test_dynamic_config_follows_failover_and_replication_modes() -> None:
     default = render.dynamic_config(Settings())
     assert default["pause"] is False
     assert default["synchronous_mode"] is False and default["synchronous_mode_strict"] is False
-    assert (default["ttl"], default["loop_wait"], default["retry_timeout"]) == (20, 1, 4)
+    assert (default["ttl"], default["loop_wait"], default["retry_timeout"]) == (20, 1, 3)
     manual = load_settings(
         None,
         env={},

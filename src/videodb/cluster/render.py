@@ -26,7 +26,7 @@ REPLICATION_PARAMETERS: dict[str, Any] = {
     "max_wal_senders": 10,
     "max_replication_slots": 10,
     "wal_keep_size": "256MB",
-    "wal_retrieve_retry_interval": "500ms",
+    "wal_retrieve_retry_interval": "100ms",
     "password_encryption": "scram-sha-256",
 }
 
