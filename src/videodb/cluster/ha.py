@@ -111,8 +111,23 @@ def switchover(
     old = api.leader()
     if old is None:
         raise ClusterError("no running primary to switch over from; use 'promote-slave' instead")
-    target = choose_candidate(settings, candidate)
     began = time.monotonic()
+    if candidate is None:
+        # Right after a failover the former master may still be rejoining: wait for a replica.
+        def streaming_replica() -> str | None:
+            try:
+                return choose_candidate(settings, None)
+            except ClusterError:
+                return None
+
+        target = wait_for(
+            streaming_replica,
+            timeout=timeout,
+            what="a running replica to switch over to",
+            hint="see 'platform.sh status'",
+        )
+    else:
+        target = choose_candidate(settings, candidate)
     sync = wait_sync(settings, secrets, timeout=min(timeout, 30.0))
     if not sync.synced:
         raise TimeoutExpired(

@@ -8,6 +8,35 @@ from psycopg import sql
 from videodb.config import NodeSpec, Settings
 from videodb.secrets import ClusterSecrets
 
+# What the data layer's read-your-writes check asks a node: is it a replica, how far has it
+# replayed (or written, on a primary), on which timeline, and how stale is it. SECURITY DEFINER
+# because pg_stat_wal_receiver hides its columns from ordinary roles.
+POSITION_FUNCTION = """
+CREATE OR REPLACE FUNCTION public.videodb_position(
+    OUT in_recovery boolean, OUT lsn pg_lsn, OUT timeline integer, OUT lag_s double precision)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog AS $fn$
+BEGIN
+    in_recovery := pg_is_in_recovery();
+    IF in_recovery THEN
+        lsn := pg_last_wal_replay_lsn();
+        SELECT received_tli INTO timeline FROM pg_stat_wal_receiver;
+        IF timeline IS NULL THEN
+            SELECT timeline_id INTO timeline FROM pg_control_checkpoint();
+        END IF;
+        IF pg_last_wal_receive_lsn() IS NOT DISTINCT FROM lsn THEN
+            lag_s := 0;
+        ELSE
+            lag_s := extract(epoch FROM clock_timestamp() - pg_last_xact_replay_timestamp());
+        END IF;
+    ELSE
+        lsn := pg_current_wal_lsn();
+        timeline := ('x' || substr(pg_walfile_name(lsn), 1, 8))::bit(32)::integer;
+        lag_s := 0;
+    END IF;
+END
+$fn$
+"""
+
 
 def connect_superuser(
     settings: Settings,
@@ -69,3 +98,10 @@ def ensure_application_database(
         )
     with connect_superuser(settings, secrets, primary, dbname=db.name) as conn:
         conn.execute(sql.SQL("ALTER SCHEMA public OWNER TO {}").format(sql.Identifier(db.app_user)))
+        conn.execute(POSITION_FUNCTION)
+        conn.execute("REVOKE ALL ON FUNCTION public.videodb_position() FROM PUBLIC")
+        conn.execute(
+            sql.SQL("GRANT EXECUTE ON FUNCTION public.videodb_position() TO {}").format(
+                sql.Identifier(db.app_user)
+            )
+        )

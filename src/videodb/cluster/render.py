@@ -27,6 +27,9 @@ REPLICATION_PARAMETERS: dict[str, Any] = {
     "max_replication_slots": 10,
     "wal_keep_size": "256MB",
     "wal_retrieve_retry_interval": "100ms",
+    # Replica reads are not cancelled by the cleanup of rows they may still need (SQLSTATE
+    # 40001 "conflict with recovery"); the price is that the primary keeps those rows longer.
+    "hot_standby_feedback": "on",
     "password_encryption": "scram-sha-256",
 }
 

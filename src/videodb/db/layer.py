@@ -1,0 +1,357 @@
+"""The data layer every service uses: a writer and a reader, read-your-writes, safe retries."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from prometheus_client import CollectorRegistry
+from sqlalchemy import URL, Connection, Engine, create_engine, event, text
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.orm import ORMExecuteState, Session
+
+from videodb.db.errors import (
+    Failure,
+    ReadOnlySessionError,
+    WriteInDoubtError,
+    classify,
+)
+from videodb.db.metrics import Metrics
+from videodb.db.readonly import check_read_only
+from videodb.db.retry import Backoff
+from videodb.db.settings import DataSourceSettings
+from videodb.db.token import ConsistencyToken, parse_lsn
+
+T = TypeVar("T")
+
+POSITION_SQL = text("SELECT in_recovery, lsn::text, timeline, lag_s FROM public.videodb_position()")
+IDEMPOTENCY_TABLE = "videodb_idempotency"
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where a node is: a replica's replayed LSN, or a primary's current one."""
+
+    in_recovery: bool
+    lsn: int
+    timeline: int
+    lag_s: float
+
+    def has(self, token: ConsistencyToken) -> bool:
+        return self.timeline == token.timeline and self.lsn >= token.lsn
+
+
+def read_position(conn: Connection) -> Position:
+    row = conn.execute(POSITION_SQL).one()
+    conn.rollback()
+    return Position(bool(row[0]), parse_lsn(str(row[1])), int(row[2]), float(row[3] or 0.0))
+
+
+@dataclass
+class WriteUnit:
+    """One writer transaction. `commit()` (or leaving the block) commits and sets `token`."""
+
+    session: Session
+    _conn: Connection
+    _on_commit: list[Callable[[ConsistencyToken], None]] = field(default_factory=list)
+    token: ConsistencyToken | None = None
+    committed: bool = False
+
+    def commit(self) -> ConsistencyToken:
+        if self.committed:
+            assert self.token is not None
+            return self.token
+        self.session.commit()
+        position = read_position(self._conn)
+        self.token = ConsistencyToken(position.timeline, position.lsn)
+        self.committed = True
+        for callback in self._on_commit:
+            callback(self.token)
+        return self.token
+
+    def on_commit(self, callback: Callable[[ConsistencyToken], None]) -> None:
+        self._on_commit.append(callback)
+
+
+@dataclass
+class ReadUnit:
+    session: Session
+    served_by: str  # replica, primary (the read port landed on it), writer (fallback)
+    token_wait_s: float = 0.0
+
+
+def _guard_session(session: Session) -> None:
+    """Refuse writes in a reader session before they reach the database."""
+
+    @event.listens_for(session, "do_orm_execute")
+    def _check(state: ORMExecuteState) -> None:
+        statement = state.statement
+        if getattr(statement, "is_select", False):
+            return
+        if statement.is_insert or statement.is_update or statement.is_delete:
+            raise ReadOnlySessionError(
+                "INSERT/UPDATE/DELETE through a reader session: reader sessions are read-only; "
+                "use a writer session"
+            )
+        check_read_only(str(statement))
+
+    @event.listens_for(session, "before_flush")
+    def _no_flush(s: Session, *_: Any) -> None:
+        if s.new or s.dirty or s.deleted:
+            raise ReadOnlySessionError(
+                "objects were added, changed or deleted in a reader session: reader sessions "
+                "are read-only; use a writer session"
+            )
+
+
+class DataLayer:
+    """A writer engine and a reader engine (SQLAlchemy 2 on psycopg 3), like the guide's two
+    datasources, with read-your-writes tokens, staleness bounds and failover-safe retries."""
+
+    def __init__(
+        self, settings: DataSourceSettings, registry: CollectorRegistry | None = None
+    ) -> None:
+        self.settings = settings
+        self.writer_engine = self._engine(settings.writer_port, settings.writer_pool_size, "writer")
+        self.reader_engine = self._engine(settings.reader_port, settings.reader_pool_size, "reader")
+        event.listen(self.reader_engine, "before_cursor_execute", self._reader_guard)
+        event.listen(self.reader_engine, "connect", self._reader_connect)
+        self.registry = registry or CollectorRegistry()
+        self.metrics = Metrics(
+            self.registry, {"writer": self.writer_engine, "reader": self.reader_engine}
+        )
+        self.backoff = Backoff(deadline_s=settings.retry_deadline_s)
+        self._idempotency_ready = False
+
+    def _engine(self, port: int, pool_size: int, name: str) -> Engine:
+        s = self.settings
+        url = URL.create(
+            "postgresql+psycopg",
+            username=s.username,
+            password=s.password.get_secret_value(),
+            host=s.host,
+            port=port,
+            database=s.dbname,
+        )
+        return create_engine(
+            url,
+            pool_size=pool_size,
+            max_overflow=0,
+            pool_timeout=10,
+            pool_recycle=1800,
+            connect_args={
+                "connect_timeout": s.connect_timeout_s,
+                "application_name": f"videodb-{name}",
+            },
+        )
+
+    @staticmethod
+    def _reader_guard(conn: Connection, cursor: Any, statement: str, *args: Any) -> None:
+        check_read_only(statement)
+
+    @staticmethod
+    def _reader_connect(dbapi_conn: Any, _record: Any) -> None:
+        # The server refuses writes too, whatever the client-side check lets through.
+        cursor = dbapi_conn.cursor()
+        cursor.execute("SET default_transaction_read_only = on")
+        cursor.close()
+        dbapi_conn.commit()
+
+    def warm(self) -> None:
+        """Open `min_idle` connections in each pool now (the guide's minimum-idle 5)."""
+        for engine, size in (
+            (self.writer_engine, self.settings.writer_pool_size),
+            (self.reader_engine, self.settings.reader_pool_size),
+        ):
+            conns = [engine.connect() for _ in range(min(self.settings.min_idle, size))]
+            for conn in conns:
+                conn.close()
+
+    def dispose(self) -> None:
+        self.writer_engine.dispose()
+        self.reader_engine.dispose()
+
+    # -- writes ---------------------------------------------------------------------------
+
+    @contextmanager
+    def writer(self) -> Iterator[WriteUnit]:
+        """A writer transaction; commits when the block ends without an exception.
+
+        A connection failure is raised as WriteInDoubtError: the write may have committed.
+        """
+        try:
+            conn = self.writer_engine.connect()
+        except sa_exc.DBAPIError as exc:
+            self._after_failure(self.writer_engine, exc)
+            raise
+        session = Session(bind=conn, expire_on_commit=False)
+        unit = WriteUnit(session, conn)
+        try:
+            yield unit
+            unit.commit()
+        except sa_exc.DBAPIError as exc:
+            failure = self._after_failure(self.writer_engine, exc)
+            if failure in (Failure.CONNECTION_LOST, Failure.ADMIN_SHUTDOWN):
+                raise WriteInDoubtError(
+                    f"the writer's connection failed ({failure.value}): the write may or may not "
+                    "have committed; retry it only with an idempotency key "
+                    "(DataLayer.write_idempotent)"
+                ) from exc
+            raise
+        finally:
+            session.close()
+            conn.close()
+
+    def _after_failure(self, engine: Engine, exc: BaseException) -> Failure:
+        failure = classify(exc)
+        if failure.role_may_have_changed:
+            # Pooled connections may point at a node that died or changed role: drop them all.
+            engine.dispose()
+        return failure
+
+    def write_idempotent(
+        self, key: str, fn: Callable[[Session], T], *, encode: Callable[[T], Any] = lambda v: v
+    ) -> tuple[Any, ConsistencyToken | None]:
+        """Run a write exactly once per `key`, retrying across a failover.
+
+        The key and the JSON result are stored in the same transaction as the write; a retry
+        (after an in-doubt failure, or a second request with the same key) returns the stored
+        result instead of writing again. Returns (result as stored, token).
+        """
+        if not key or len(key) > 200:
+            raise ValueError("an idempotency key must have 1 to 200 characters")
+        self._ensure_idempotency_table()
+        delays = self.backoff.delays()
+        while True:
+            try:
+                with self.writer() as unit:
+                    row = unit.session.execute(
+                        text(f"SELECT result FROM {IDEMPOTENCY_TABLE} WHERE key = :k"), {"k": key}
+                    ).first()
+                    if row is not None:
+                        self.metrics.idempotent_replays.inc()
+                        stored = row[0]
+                    else:
+                        stored = encode(fn(unit.session))
+                        unit.session.execute(
+                            text(
+                                f"INSERT INTO {IDEMPOTENCY_TABLE} (key, result) "
+                                "VALUES (:k, CAST(:r AS jsonb))"
+                            ),
+                            {"k": key, "r": json.dumps(stored)},
+                        )
+                return stored, unit.token
+            except (WriteInDoubtError, sa_exc.DBAPIError) as exc:
+                cause = exc.__cause__ if isinstance(exc, WriteInDoubtError) else exc
+                failure = classify(cause) if cause is not None else Failure.CONNECTION_LOST
+                unique = isinstance(exc, sa_exc.IntegrityError) and "23505" in str(
+                    getattr(exc.orig, "sqlstate", "")
+                )
+                if not (failure.retryable or unique):
+                    raise
+                delay = next(delays, None)
+                if delay is None:
+                    raise
+                self.metrics.retries.labels("write_idempotent", failure.value).inc()
+                time.sleep(delay)
+
+    def _ensure_idempotency_table(self) -> None:
+        if self._idempotency_ready:
+            return
+        with self.writer() as unit:
+            unit.session.execute(
+                text(
+                    f"CREATE TABLE IF NOT EXISTS {IDEMPOTENCY_TABLE} (key text PRIMARY KEY, "
+                    "result jsonb, created_at timestamptz NOT NULL DEFAULT now())"
+                )
+            )
+        self._idempotency_ready = True
+
+    # -- reads ----------------------------------------------------------------------------
+
+    @contextmanager
+    def reader(
+        self, token: ConsistencyToken | None = None, max_lag_s: float | None = None
+    ) -> Iterator[ReadUnit]:
+        """A read-only session, on a replica when that is safe, else on the writer.
+
+        With a token, the node the read port gave us must have replayed past it (waiting up to
+        token_wait_ms); with max_lag_s, it must not be further behind. Otherwise the read runs on
+        the writer. Both are checked on the connection the read then uses.
+        """
+        max_lag = max_lag_s if max_lag_s is not None else self.settings.max_lag_s
+        conn = self.reader_engine.connect()
+        served_by = "replica"
+        waited = 0.0
+        try:
+            if token is not None or max_lag is not None:
+                position = read_position(conn)
+                served_by = "replica" if position.in_recovery else "primary"
+                usable, waited = self._usable(conn, position, token, max_lag)
+                if token is not None:
+                    self.metrics.token_wait.observe(waited)
+                if not usable:
+                    conn.close()
+                    conn = self.writer_engine.connect()
+                    conn.execute(text("SET TRANSACTION READ ONLY"))
+                    served_by = "writer"
+        except BaseException:
+            conn.close()
+            raise
+        session = Session(bind=conn, info={"served_by": served_by})
+        _guard_session(session)
+        self.metrics.reads.labels(served_by).inc()
+        try:
+            yield ReadUnit(session, served_by, waited)
+        finally:
+            session.close()
+            conn.close()
+
+    def _usable(
+        self,
+        conn: Connection,
+        position: Position,
+        token: ConsistencyToken | None,
+        max_lag: float | None,
+    ) -> tuple[bool, float]:
+        if max_lag is not None and position.lag_s > max_lag:
+            return False, 0.0
+        if token is None or position.has(token):
+            return True, 0.0
+        if position.timeline != token.timeline or not position.in_recovery:
+            # Another timeline: the write may be on a history this node does not follow.
+            return False, 0.0
+        began = time.monotonic()
+        deadline = began + self.settings.token_wait_ms / 1000
+        while time.monotonic() < deadline:
+            time.sleep(0.002)
+            position = read_position(conn)
+            if position.has(token):
+                return True, time.monotonic() - began
+        return False, time.monotonic() - began
+
+    def read(
+        self,
+        fn: Callable[[Session], T],
+        token: ConsistencyToken | None = None,
+        max_lag_s: float | None = None,
+    ) -> T:
+        """Run a read, retried with jittered backoff across a failover (reads are idempotent)."""
+        delays = self.backoff.delays()
+        while True:
+            try:
+                with self.reader(token, max_lag_s) as unit:
+                    return fn(unit.session)
+            except sa_exc.DBAPIError as exc:
+                failure = self._after_failure(self.reader_engine, exc)
+                if not failure.retryable:
+                    raise
+                delay = next(delays, None)
+                if delay is None:
+                    raise
+                self.metrics.retries.labels("read", failure.value).inc()
+                time.sleep(delay)

@@ -1,0 +1,84 @@
+"""The applications' two datasources (the guide's application.yml and application-replica.yml)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+from videodb.config import DEV_APP_PASSWORD, Settings
+from videodb.errors import ConfigError
+
+Profile = Literal["development", "replica"]
+
+
+class DataSourceSettings(BaseModel):
+    """Where the writer and the reader connect, their pools, and the consistency knobs.
+
+    development: both go straight to the master (5433). replica: writer 5435, reader 5436.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    profile: Profile = "replica"
+    host: str = "127.0.0.1"
+    writer_port: Annotated[int, Field(ge=1, le=65535)] = 5435
+    reader_port: Annotated[int, Field(ge=1, le=65535)] = 5436
+    dbname: str = "video_platform"
+    username: str = "upload_user"
+    password: SecretStr = SecretStr(DEV_APP_PASSWORD)
+    writer_pool_size: Annotated[int, Field(ge=1, le=500)] = 10
+    reader_pool_size: Annotated[int, Field(ge=1, le=500)] = 15
+    min_idle: Annotated[int, Field(ge=0, le=500)] = 5
+    connect_timeout_s: Annotated[int, Field(ge=1, le=60)] = 2
+    token_wait_ms: Annotated[int, Field(ge=0, le=60_000)] = 100
+    max_lag_s: Annotated[float, Field(gt=0)] | None = None
+    retry_deadline_s: Annotated[float, Field(gt=0, le=600)] = 30.0
+
+    @classmethod
+    def for_platform(
+        cls, settings: Settings, profile: Profile = "replica", **overrides: object
+    ) -> DataSourceSettings:
+        """Datasources pointing at a platform config's ports (the first node is the master)."""
+        master = settings.nodes[0].port
+        db = settings.database
+        values: dict[str, object] = {
+            "profile": profile,
+            "host": settings.listen_host,
+            "writer_port": master if profile == "development" else settings.haproxy.write_port,
+            "reader_port": master if profile == "development" else settings.haproxy.read_port,
+            "dbname": db.name,
+            "username": db.app_user,
+            "password": db.app_password,
+        }
+        values.update(overrides)
+        return cls.model_validate(values)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> DataSourceSettings:
+        """VIDEODB_DB_PROFILE, DB_USERNAME, DB_PASSWORD, VIDEODB_DB_<FIELD> (e.g. _WRITER_PORT)."""
+        env = os.environ if env is None else env
+        values: dict[str, object] = {}
+        profile = env.get("VIDEODB_DB_PROFILE", "replica")
+        values["profile"] = profile
+        if profile == "development":
+            values["writer_port"] = values["reader_port"] = 5433
+        if "DB_USERNAME" in env:
+            values["username"] = env["DB_USERNAME"]
+        if "DB_PASSWORD" in env:
+            values["password"] = env["DB_PASSWORD"]
+        for name in cls.model_fields:
+            var = f"VIDEODB_DB_{name.upper()}"
+            if var in env and name != "profile":
+                values[name] = env[var]
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+            )
+            raise ConfigError(
+                f"invalid datasource settings from the environment: {problems}"
+            ) from exc

@@ -1,0 +1,242 @@
+"""The applications' data layer on the real cluster: read-your-writes, staleness, read-only
+reader sessions, HTTP tokens, and reads and writes across a switchover."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from functools import partial
+
+import psycopg
+import pytest
+from fastapi import Depends, FastAPI
+from fastapi.testclient import TestClient
+from sqlalchemy import Column, Integer, MetaData, Table, insert, text
+from sqlalchemy.orm import Session
+
+from tests.integration.harness import RunningCluster
+from videodb.cluster.health import check_health
+from videodb.cluster.patroni_api import PatroniAPI
+from videodb.db import (
+    HEADER,
+    ConsistencyToken,
+    DataLayer,
+    DataSourceSettings,
+    ReadOnlySessionError,
+    WriteUnit,
+)
+from videodb.db.web import reader_dependency, writer_dependency
+from videodb.waiting import wait_for
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def layer(cluster: RunningCluster) -> Iterator[DataLayer]:
+    data_layer = DataLayer(DataSourceSettings.for_platform(cluster.settings))
+    data_layer.warm()
+    with data_layer.writer() as unit:
+        unit.session.execute(
+            text("CREATE TABLE IF NOT EXISTS rw_check (id int PRIMARY KEY, v int)")
+        )
+        unit.session.execute(text("INSERT INTO rw_check VALUES (1, 0) ON CONFLICT DO NOTHING"))
+    yield data_layer
+    data_layer.dispose()
+
+
+def set_apply_delay(cluster: RunningCluster, delay: str | None) -> None:
+    """recovery_min_apply_delay on every replica, through Patroni's dynamic configuration."""
+    api = PatroniAPI(cluster.settings, cluster.secrets.api_password)
+    api.patch_config({"postgresql": {"parameters": {"recovery_min_apply_delay": delay}}})
+    expected = delay or "0"
+
+    def applied() -> bool:
+        with cluster.app_connect(cluster.slave) as conn:
+            row = conn.execute("SHOW recovery_min_apply_delay").fetchone()
+        return row is not None and row[0] == expected
+
+    wait_for(applied, timeout=30, what=f"recovery_min_apply_delay = {expected} on the slave")
+
+
+def read_value(session: Session) -> tuple[int, str]:
+    value = session.execute(text("SELECT v FROM rw_check WHERE id = 1")).scalar_one()
+    return int(value), str(session.info["served_by"])
+
+
+def write_then_read(
+    layer: DataLayer, pairs: int, *, with_token: bool, max_lag_s: float | None = None
+) -> tuple[int, Counter[str]]:
+    """Returns (stale reads, where reads were served)."""
+    stale = 0
+    served: Counter[str] = Counter()
+    for _ in range(pairs):
+        with layer.writer() as unit:
+            value = unit.session.execute(
+                text("UPDATE rw_check SET v = v + 1 WHERE id = 1 RETURNING v")
+            ).scalar_one()
+        token = unit.token if with_token else None
+        seen, where = layer.read(read_value, token, max_lag_s=max_lag_s)
+        served[where] += 1
+        if seen < value:
+            stale += 1
+    return stale, served
+
+
+def test_tokens_never_read_stale_data_while_replay_is_delayed(
+    cluster: RunningCluster, layer: DataLayer
+) -> None:
+    try:
+        # A delay the token wait (100 ms) covers: reads wait on the replica, then run there.
+        set_apply_delay(cluster, "30ms")
+        stale, served = write_then_read(layer, 1000, with_token=True)
+        assert stale == 0, served
+        assert served["replica"] > 100, served
+        # A delay it does not cover: reads that land on the replica fall back to the writer.
+        set_apply_delay(cluster, "300ms")
+        stale, served = write_then_read(layer, 1000, with_token=True)
+        assert stale == 0, served
+        assert served["writer"] > 100 and served["replica"] == 0, served
+        # Without a token the same reads do go to the slave, and there they are stale.
+        stale, served = write_then_read(layer, 100, with_token=False)
+        assert served["replica"] > 20 and stale > 20, (stale, served)
+        # A staleness bound keeps reads off the lagging replica.
+        stale, served = write_then_read(layer, 100, with_token=False, max_lag_s=0.1)
+        assert served["replica"] == 0 and stale == 0, (stale, served)
+    finally:
+        set_apply_delay(cluster, None)
+
+
+def test_write_through_a_reader_session_never_reaches_the_database(layer: DataLayer) -> None:
+    table = Table("no_such_table_for_reader_check", MetaData(), Column("id", Integer))
+    # Had any of these reached PostgreSQL, it would answer "relation does not exist".
+    with layer.reader() as read, pytest.raises(ReadOnlySessionError, match="reader session"):
+        read.session.execute(text("INSERT INTO no_such_table_for_reader_check VALUES (1)"))
+    with layer.reader() as read, pytest.raises(ReadOnlySessionError):
+        read.session.execute(insert(table).values(id=1))
+    with layer.reader() as read, pytest.raises(ReadOnlySessionError):
+        read.session.execute(text("WITH x AS (DELETE FROM rw_check RETURNING 1) SELECT 1"))
+    with layer.reader_engine.connect() as conn, pytest.raises(ReadOnlySessionError):
+        conn.execute(text("DROP TABLE rw_check"))
+    with layer.reader() as read:
+        assert read.session.execute(text("SELECT count(*) FROM rw_check")).scalar_one() == 1
+
+
+def test_tokens_travel_as_header_and_cookie_and_bad_ones_are_refused(layer: DataLayer) -> None:
+    app = FastAPI()
+    write = writer_dependency(layer)
+    read = reader_dependency(layer)
+
+    @app.post("/bump")
+    def bump(unit: WriteUnit = Depends(write)) -> dict[str, int]:
+        value = unit.session.execute(
+            text("UPDATE rw_check SET v = v + 1 WHERE id = 1 RETURNING v")
+        ).scalar_one()
+        unit.commit()
+        return {"v": int(value)}
+
+    @app.get("/value")
+    def value(session: Session = Depends(read)) -> dict[str, int]:
+        return {"v": int(session.execute(text("SELECT v FROM rw_check")).scalar_one())}
+
+    with TestClient(app) as client:
+        for _ in range(50):
+            written = client.post("/bump")
+            assert written.status_code == 200
+            token = written.headers[HEADER]
+            ConsistencyToken.parse(token)
+            # http.cookies quotes a value with '/' in it; the server side unquotes it.
+            assert (client.cookies.get("consistency_token") or "").strip('"') == token
+            # The cookie alone carries it (another service behind the same site).
+            assert client.get("/value").json()["v"] >= written.json()["v"]
+        other = TestClient(app)
+        assert other.get("/value", headers={HEADER: token}).json()["v"] >= written.json()["v"]
+        bad = other.get("/value", headers={HEADER: "not-a-token"})
+        assert bad.status_code == 400
+        assert "malformed consistency token 'not-a-token'" in bad.json()["detail"]
+
+
+def insert_upload(session: Session, key: str) -> int:
+    n = session.execute(
+        text("INSERT INTO uploads (key) VALUES (:k) RETURNING n"), {"k": key}
+    ).scalar_one()
+    return int(n)
+
+
+def count_uploads(session: Session) -> int:
+    return int(session.execute(text("SELECT count(*) FROM uploads")).scalar_one())
+
+
+def more_than(items: list[str], count: int) -> bool:
+    return len(items) > count
+
+
+def test_reads_continue_and_idempotent_writes_resume_across_switchovers(
+    cluster: RunningCluster, layer: DataLayer
+) -> None:
+    with layer.writer() as unit:
+        unit.session.execute(
+            text("CREATE TABLE IF NOT EXISTS uploads (key text PRIMARY KEY, n serial)")
+        )
+    created = unit.token  # reads carry it: none may run before the table exists
+    stop = threading.Event()
+    read_failures: list[str] = []
+    reads = 0
+    keys: list[str] = []
+    write_failures: list[str] = []
+
+    def reader() -> None:
+        nonlocal reads
+        while not stop.is_set():
+            try:
+                layer.read(count_uploads, created)
+                reads += 1
+            except Exception as exc:  # any failure that escaped the retries
+                read_failures.append(repr(exc))
+            time.sleep(0.005)
+
+    def writer() -> None:
+        while not stop.is_set():
+            key = str(uuid.uuid4())
+            try:
+                layer.write_idempotent(key, partial(insert_upload, key=key))
+                keys.append(key)
+            except Exception as exc:
+                write_failures.append(repr(exc))
+            time.sleep(0.01)
+
+    threads = [threading.Thread(target=reader), threading.Thread(target=writer)]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(0.5)
+        for _ in range(2):  # there and back: the other tests expect the original roles
+            before = len(keys)
+            assert cluster.cli("switchover", timeout=120).rc == 0
+            wait_for(partial(more_than, keys, before + 20), timeout=30, what="writes resuming")
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=30)
+    assert read_failures == [] and write_failures == []
+    assert reads > 100 and len(keys) > 40
+    with cluster.app_connect(cluster.write_port) as conn:
+        rows = conn.execute("SELECT count(*) FROM uploads WHERE key = ANY(%s)", (keys,)).fetchone()
+    assert rows == (len(keys),)  # each acknowledged once, none written twice
+    leader = PatroniAPI(cluster.settings).leader()
+    assert leader is not None and leader.name == "postgres-video-master"
+    wait_for(
+        lambda: check_health(cluster.settings).healthy,
+        timeout=60,
+        what="the old master streaming again",
+    )
+
+
+def test_classification_of_a_real_read_only_error(cluster: RunningCluster) -> None:
+    from videodb.db import Failure, classify
+
+    with cluster.app_connect(cluster.slave) as conn, pytest.raises(psycopg.Error) as info:
+        conn.execute("CREATE TABLE must_fail (id int)")
+    assert classify(info.value) is Failure.READ_ONLY
