@@ -23,5 +23,7 @@ class Backoff:
             remaining = end - time.monotonic()
             if remaining <= 0:
                 return
-            yield min(remaining, rng.uniform(0, min(self.cap_s, self.base_s * 2**attempt)))
+            yield min(
+                remaining, rng.uniform(0, min(self.cap_s, self.base_s * 2 ** min(attempt, 30)))
+            )
             attempt += 1

@@ -1,0 +1,134 @@
+"""The data layer's pure parts: tokens, error classes, read-only checks, backoff, settings."""
+
+from __future__ import annotations
+
+import random
+import time
+
+import psycopg
+import pytest
+from psycopg import errors
+
+from videodb.config import Settings
+from videodb.db import (
+    ConsistencyToken,
+    DataSourceSettings,
+    Failure,
+    ReadOnlySessionError,
+    TokenError,
+    classify,
+)
+from videodb.db.readonly import check_read_only
+from videodb.db.retry import Backoff
+from videodb.db.token import format_lsn, parse_lsn
+from videodb.errors import ConfigError
+
+
+def test_token_round_trip_and_order() -> None:
+    token = ConsistencyToken.parse("2:0/3000148")
+    assert (token.timeline, token.lsn) == (2, 0x3000148)
+    assert str(token) == "2:0/3000148"
+    assert (
+        ConsistencyToken.parse(str(ConsistencyToken(7, (0x1A << 32) | 0xFF))).lsn
+        == (0x1A << 32) | 0xFF
+    )
+    older, newer = ConsistencyToken(2, 10), ConsistencyToken(3, 5)
+    assert older.newest(newer) == newer and newer.newest(None) == newer
+    assert parse_lsn(format_lsn(123456789012)) == 123456789012
+
+
+@pytest.mark.parametrize(
+    "text", ["", "garbage", "2:0-3000148", "0:0/1", "x:0/1", "2:0/", "2:0/123456789", "2:/1"]
+)
+def test_malformed_tokens_are_refused_with_the_expected_form(text: str) -> None:
+    with pytest.raises(TokenError, match=r"TIMELINE:LSN|timeline must be"):
+        ConsistencyToken.parse(text)
+
+
+@pytest.mark.parametrize(
+    ("sqlstate", "failure"),
+    [
+        ("08006", Failure.CONNECTION_LOST),
+        ("08001", Failure.CONNECTION_LOST),
+        ("57P01", Failure.ADMIN_SHUTDOWN),
+        ("57P03", Failure.ADMIN_SHUTDOWN),
+        ("25006", Failure.READ_ONLY),
+        ("40001", Failure.SERIALIZATION),
+        ("40P01", Failure.SERIALIZATION),
+        ("23505", Failure.OTHER),
+        ("42P01", Failure.OTHER),
+    ],
+)
+def test_errors_are_classified_by_sqlstate(sqlstate: str, failure: Failure) -> None:
+    exc = errors.lookup(sqlstate)("boom")
+    assert classify(exc) is failure
+    assert failure.retryable is (failure is not Failure.OTHER)
+
+
+def test_a_dropped_socket_is_a_lost_connection() -> None:
+    assert classify(psycopg.OperationalError("server closed the connection")) is (
+        Failure.CONNECTION_LOST
+    )
+    assert classify(ValueError("not a database error")) is Failure.OTHER
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT 1",
+        "  select * from t",
+        "WITH x AS (SELECT 1) SELECT * FROM x",
+        "-- comment\nSELECT 1",
+        "/* c */ SHOW server_version",
+        "(SELECT 1) UNION (SELECT 2)",
+        "EXPLAIN SELECT 1",
+    ],
+)
+def test_reads_pass_the_read_only_check(sql: str) -> None:
+    check_read_only(sql)
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "INSERT INTO t VALUES (1)",
+        "update t set a = 1",
+        "DELETE FROM t",
+        "CREATE TABLE t (a int)",
+        "WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d",
+        "/* select */ TRUNCATE t",
+        "SET transaction_read_only = off",
+        "COPY t FROM STDIN",
+    ],
+)
+def test_writes_fail_the_read_only_check(sql: str) -> None:
+    with pytest.raises(ReadOnlySessionError, match="reader session"):
+        check_read_only(sql)
+
+
+def test_backoff_is_jittered_capped_and_bounded() -> None:
+    rng = random.Random(7)
+    slept = []
+    for delay in Backoff(base_s=0.01, cap_s=0.02, deadline_s=0.1).delays(rng):
+        time.sleep(delay)
+        slept.append(delay)
+    assert slept and sum(slept) <= 0.1  # each delay is clipped to what is left of the deadline
+    many = Backoff(base_s=0.01, cap_s=0.05, deadline_s=60).delays(rng)
+    first = [next(many) for _ in range(50)]
+    assert all(0 <= d <= 0.05 for d in first)
+    assert len(set(first)) > 40  # jittered, not a fixed schedule
+
+
+def test_datasources_follow_the_guides_profiles() -> None:
+    replica = DataSourceSettings.for_platform(Settings())
+    assert (replica.writer_port, replica.reader_port) == (5435, 5436)
+    assert (replica.writer_pool_size, replica.reader_pool_size, replica.min_idle) == (10, 15, 5)
+    development = DataSourceSettings.for_platform(Settings(), "development")
+    assert (development.writer_port, development.reader_port) == (5433, 5433)
+    env = DataSourceSettings.from_env(
+        {"DB_USERNAME": "app", "DB_PASSWORD": "pw", "VIDEODB_DB_TOKEN_WAIT_MS": "250"}
+    )
+    assert (env.username, env.password.get_secret_value(), env.token_wait_ms) == ("app", "pw", 250)
+    assert DataSourceSettings.from_env({"VIDEODB_DB_PROFILE": "development"}).writer_port == 5433
+    with pytest.raises(ConfigError, match="reader_pool_size"):
+        DataSourceSettings.from_env({"VIDEODB_DB_READER_POOL_SIZE": "zero"})
