@@ -28,8 +28,9 @@ from videodb.db.token import ConsistencyToken, parse_lsn
 
 T = TypeVar("T")
 
-POSITION_SQL = text("SELECT in_recovery, lsn::text, timeline, lag_s FROM public.videodb_position()")
+POSITION_QUERY = "SELECT in_recovery, lsn::text, timeline, lag_s FROM public.videodb_position()"
 IDEMPOTENCY_TABLE = "videodb_idempotency"
+_SEEN = "videodb_position"  # the last Position read on a pooled connection (its .info)
 
 
 @dataclass(frozen=True)
@@ -46,9 +47,15 @@ class Position:
 
 
 def read_position(conn: Connection) -> Position:
-    row = conn.execute(POSITION_SQL).one()
-    conn.rollback()
-    return Position(bool(row[0]), parse_lsn(str(row[1])), int(row[2]), float(row[3] or 0.0))
+    """One round trip, straight through the driver (SQLAlchemy's statement machinery would
+    cost more than the query on a local network)."""
+    driver = conn.connection.driver_connection
+    assert driver is not None
+    row = driver.execute(POSITION_QUERY).fetchone()
+    assert row is not None
+    position = Position(bool(row[0]), parse_lsn(str(row[1])), int(row[2]), float(row[3] or 0.0))
+    conn.info[_SEEN] = position
+    return position
 
 
 @dataclass
@@ -67,6 +74,7 @@ class WriteUnit:
             return self.token
         self.session.commit()
         position = read_position(self._conn)
+        self._conn.rollback()
         self.token = ConsistencyToken(position.timeline, position.lsn)
         self.committed = True
         for callback in self._on_commit:
@@ -84,28 +92,30 @@ class ReadUnit:
     token_wait_s: float = 0.0
 
 
-def _guard_session(session: Session) -> None:
-    """Refuse writes in a reader session before they reach the database."""
+class ReadOnlySession(Session):
+    """A Session that refuses writes before they reach the database (see the events below)."""
 
-    @event.listens_for(session, "do_orm_execute")
-    def _check(state: ORMExecuteState) -> None:
-        statement = state.statement
-        if getattr(statement, "is_select", False):
-            return
-        if statement.is_insert or statement.is_update or statement.is_delete:
-            raise ReadOnlySessionError(
-                "INSERT/UPDATE/DELETE through a reader session: reader sessions are read-only; "
-                "use a writer session"
-            )
-        check_read_only(str(statement))
 
-    @event.listens_for(session, "before_flush")
-    def _no_flush(s: Session, *_: Any) -> None:
-        if s.new or s.dirty or s.deleted:
-            raise ReadOnlySessionError(
-                "objects were added, changed or deleted in a reader session: reader sessions "
-                "are read-only; use a writer session"
-            )
+@event.listens_for(ReadOnlySession, "do_orm_execute")
+def _refuse_write_statements(state: ORMExecuteState) -> None:
+    statement = state.statement
+    if getattr(statement, "is_select", False):
+        return
+    if statement.is_insert or statement.is_update or statement.is_delete:
+        raise ReadOnlySessionError(
+            "INSERT/UPDATE/DELETE through a reader session: reader sessions are read-only; "
+            "use a writer session"
+        )
+    check_read_only(str(statement))
+
+
+@event.listens_for(ReadOnlySession, "before_flush")
+def _refuse_flush(session: Session, *_: Any) -> None:
+    if session.new or session.dirty or session.deleted:
+        raise ReadOnlySessionError(
+            "objects were added, changed or deleted in a reader session: reader sessions "
+            "are read-only; use a writer session"
+        )
 
 
 class DataLayer:
@@ -117,7 +127,11 @@ class DataLayer:
     ) -> None:
         self.settings = settings
         self.writer_engine = self._engine(settings.writer_port, settings.writer_pool_size, "writer")
-        self.reader_engine = self._engine(settings.reader_port, settings.reader_pool_size, "reader")
+        # Reads run in autocommit: no BEGIN or ROLLBACK round trips. At READ COMMITTED every
+        # statement takes its own snapshot anyway, so a transaction would add no consistency.
+        self.reader_engine = self._engine(
+            settings.reader_port, settings.reader_pool_size, "reader", isolation_level="AUTOCOMMIT"
+        )
         event.listen(self.reader_engine, "before_cursor_execute", self._reader_guard)
         event.listen(self.reader_engine, "connect", self._reader_connect)
         self.registry = registry or CollectorRegistry()
@@ -127,7 +141,7 @@ class DataLayer:
         self.backoff = Backoff(deadline_s=settings.retry_deadline_s)
         self._idempotency_ready = False
 
-    def _engine(self, port: int, pool_size: int, name: str) -> Engine:
+    def _engine(self, port: int, pool_size: int, name: str, **options: Any) -> Engine:
         s = self.settings
         url = URL.create(
             "postgresql+psycopg",
@@ -147,6 +161,7 @@ class DataLayer:
                 "connect_timeout": s.connect_timeout_s,
                 "application_name": f"videodb-{name}",
             },
+            **options,
         )
 
     @staticmethod
@@ -288,7 +303,13 @@ class DataLayer:
         served_by = "replica"
         waited = 0.0
         try:
-            if token is not None or max_lag is not None:
+            cached = conn.info.get(_SEEN)
+            if max_lag is None and token is not None and cached is not None and cached.has(token):
+                # This pooled connection's node was already seen past the token: a node only
+                # moves forward while a connection to it lives, so no need to ask again.
+                served_by = "replica" if cached.in_recovery else "primary"
+                self.metrics.token_wait.observe(0.0)
+            elif token is not None or max_lag is not None:
                 position = read_position(conn)
                 served_by = "replica" if position.in_recovery else "primary"
                 usable, waited = self._usable(conn, position, token, max_lag)
@@ -302,8 +323,7 @@ class DataLayer:
         except BaseException:
             conn.close()
             raise
-        session = Session(bind=conn, info={"served_by": served_by})
-        _guard_session(session)
+        session = ReadOnlySession(bind=conn, info={"served_by": served_by})
         self.metrics.reads.labels(served_by).inc()
         try:
             yield ReadUnit(session, served_by, waited)
