@@ -3,6 +3,8 @@ reader sessions, HTTP tokens, and reads and writes across a switchover."""
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 import uuid
@@ -18,7 +20,9 @@ from sqlalchemy import Column, Integer, MetaData, Table, insert, text
 from sqlalchemy.orm import Session
 
 from tests.integration.harness import RunningCluster
+from videodb.cluster.drill import child_pids
 from videodb.cluster.health import check_health
+from videodb.cluster.lifecycle import postmaster_pid
 from videodb.cluster.patroni_api import PatroniAPI
 from videodb.db import (
     HEADER,
@@ -96,9 +100,14 @@ def test_tokens_never_read_stale_data_while_replay_is_delayed(
         assert served["replica"] > 100, served
         # A delay it does not cover: reads that land on the replica fall back to the writer.
         set_apply_delay(cluster, "300ms")
+        fallbacks_before = (
+            layer.registry.get_sample_value("videodb_reads_total", {"served_by": "writer"}) or 0.0
+        )
         stale, served = write_then_read(layer, 1000, with_token=True)
         assert stale == 0, served
         assert served["writer"] > 100 and served["replica"] == 0, served
+        fallbacks = layer.registry.get_sample_value("videodb_reads_total", {"served_by": "writer"})
+        assert fallbacks == fallbacks_before + served["writer"]  # the metric counts them
         # Without a token the same reads do go to the slave, and there they are stale.
         stale, served = write_then_read(layer, 100, with_token=False)
         assert served["replica"] > 20 and stale > 20, (stale, served)
@@ -173,7 +182,7 @@ def more_than(items: list[str], count: int) -> bool:
     return len(items) > count
 
 
-def test_reads_continue_and_idempotent_writes_resume_across_switchovers(
+def test_reads_continue_and_idempotent_writes_resume_across_failovers(
     cluster: RunningCluster, layer: DataLayer
 ) -> None:
     with layer.writer() as unit:
@@ -216,6 +225,17 @@ def test_reads_continue_and_idempotent_writes_resume_across_switchovers(
             before = len(keys)
             assert cluster.cli("switchover", timeout=120).rc == 0
             wait_for(partial(more_than, keys, before + 20), timeout=30, what="writes resuming")
+        wait_for(
+            lambda: check_health(cluster.settings).healthy, timeout=60, what="a healthy cluster"
+        )
+        # An unplanned failure too: the master's whole postgres instance killed (-9).
+        before = len(keys)
+        leader = wait_for(PatroniAPI(cluster.settings).leader, timeout=30, what="a leader")
+        data_dir = cluster.layout.node_data(leader.name)
+        pm = wait_for(partial(postmaster_pid, data_dir), timeout=30, what="its postmaster")
+        for pid in [pm, *child_pids(pm)]:
+            os.kill(pid, signal.SIGKILL)
+        wait_for(partial(more_than, keys, before + 20), timeout=60, what="writes resuming")
     finally:
         stop.set()
         for thread in threads:
@@ -225,17 +245,19 @@ def test_reads_continue_and_idempotent_writes_resume_across_switchovers(
     with cluster.app_connect(cluster.write_port) as conn:
         rows = conn.execute("SELECT count(*) FROM uploads WHERE key = ANY(%s)", (keys,)).fetchone()
     assert rows == (len(keys),)  # each acknowledged once, none written twice
-    leader = PatroniAPI(cluster.settings).leader()
-    assert leader is not None and leader.name == "postgres-video-master"
     wait_for(
         lambda: check_health(cluster.settings).healthy,
         timeout=60,
-        what="the old master streaming again",
+        what="the cluster healthy again",
     )
+    final = PatroniAPI(cluster.settings).leader()
+    assert final is not None and final.name == "postgres-video-master"
 
 
 def test_classification_of_a_real_read_only_error(cluster: RunningCluster) -> None:
     from videodb.db import Failure, classify
+
+    wait_for(lambda: check_health(cluster.settings).healthy, timeout=60, what="a healthy cluster")
 
     with cluster.app_connect(cluster.slave) as conn, pytest.raises(psycopg.Error) as info:
         conn.execute("CREATE TABLE must_fail (id int)")

@@ -173,7 +173,7 @@ def _two_primaries(probes: list[tuple[str, float]], old: str) -> bool:
     return any(node == old and t > first_other for node, t in probes)
 
 
-def _children(pid: int) -> list[int]:
+def child_pids(pid: int) -> list[int]:
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -191,7 +191,7 @@ def _postgres_pids(layout: StateLayout, node: str) -> list[int]:
     pm = postmaster_pid(layout.node_data(node))
     if pm is None:
         raise ClusterError(f"no running postmaster for {node}")
-    return [pm, *_children(pm)]
+    return [pm, *child_pids(pm)]
 
 
 def _signal(pids: list[int], sig: int) -> None:

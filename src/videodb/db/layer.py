@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import psycopg
 from prometheus_client import CollectorRegistry
 from sqlalchemy import URL, Connection, Engine, create_engine, event, text
 from sqlalchemy import exc as sa_exc
@@ -30,6 +31,8 @@ T = TypeVar("T")
 
 POSITION_QUERY = "SELECT in_recovery, lsn::text, timeline, lag_s FROM public.videodb_position()"
 IDEMPOTENCY_TABLE = "videodb_idempotency"
+# Errors from SQLAlchemy, and from psycopg itself where the layer talks to the driver directly.
+DB_ERRORS = (sa_exc.DBAPIError, psycopg.Error)
 _SEEN = "videodb_position"  # the last Position read on a pooled connection (its .info)
 
 
@@ -200,7 +203,7 @@ class DataLayer:
         """
         try:
             conn = self.writer_engine.connect()
-        except sa_exc.DBAPIError as exc:
+        except DB_ERRORS as exc:
             self._after_failure(self.writer_engine, exc)
             raise
         session = Session(bind=conn, expire_on_commit=False)
@@ -208,7 +211,7 @@ class DataLayer:
         try:
             yield unit
             unit.commit()
-        except sa_exc.DBAPIError as exc:
+        except DB_ERRORS as exc:
             failure = self._after_failure(self.writer_engine, exc)
             if failure in (Failure.CONNECTION_LOST, Failure.ADMIN_SHUTDOWN):
                 raise WriteInDoubtError(
@@ -260,7 +263,7 @@ class DataLayer:
                             {"k": key, "r": json.dumps(stored)},
                         )
                 return stored, unit.token
-            except (WriteInDoubtError, sa_exc.DBAPIError) as exc:
+            except (WriteInDoubtError, *DB_ERRORS) as exc:
                 cause = exc.__cause__ if isinstance(exc, WriteInDoubtError) else exc
                 failure = classify(cause) if cause is not None else Failure.CONNECTION_LOST
                 unique = isinstance(exc, sa_exc.IntegrityError) and "23505" in str(
@@ -366,7 +369,7 @@ class DataLayer:
             try:
                 with self.reader(token, max_lag_s) as unit:
                     return fn(unit.session)
-            except sa_exc.DBAPIError as exc:
+            except DB_ERRORS as exc:
                 failure = self._after_failure(self.reader_engine, exc)
                 if not failure.retryable:
                     raise
