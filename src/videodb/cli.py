@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -91,6 +92,17 @@ def _fail(exc: VideoDBError) -> NoReturn:
     sys.exit(exc.exit_code)
 
 
+def _progress(quiet: bool) -> Callable[[str], None]:
+    """Progress lines on stderr with the seconds elapsed (silent when output is --json)."""
+    began = time.monotonic()
+
+    def progress(message: str) -> None:
+        if not quiet:
+            err.print(f"[dim]{time.monotonic() - began:6.1f}s[/] {message}", highlight=False)
+
+    return progress
+
+
 def _version(value: bool) -> None:
     if value:
         out.print(f"videodb {__version__}")
@@ -159,11 +171,7 @@ def start(
             c.assignments.append(f"patroni.{key}={value}")
     settings = c.settings()
     layout = c.layout()
-    began = time.monotonic()
-
-    def progress(message: str) -> None:
-        if not as_json:
-            err.print(f"[dim]{time.monotonic() - began:6.1f}s[/] {message}", highlight=False)
+    progress = _progress(as_json)
 
     result = lifecycle.start(settings, layout, timeout=timeout, progress=progress)
     for warning in result.warnings:
@@ -451,11 +459,7 @@ def add_replica(
 ) -> None:
     """Add a read replica: it clones from the master, streams, then joins the read port."""
     c = _ctx(ctx)
-    began = time.monotonic()
-
-    def progress(message: str) -> None:
-        if not as_json:
-            err.print(f"[dim]{time.monotonic() - began:6.1f}s[/] {message}", highlight=False)
+    progress = _progress(as_json)
 
     _, change = topology.add_replica(
         c.settings(), c.layout(), name, port, api_port, timeout=timeout, progress=progress
@@ -480,11 +484,7 @@ def remove_replica(
 ) -> None:
     """Remove a replica: out of HAProxy first (drained), then stopped, its data deleted."""
     c = _ctx(ctx)
-    began = time.monotonic()
-
-    def progress(message: str) -> None:
-        if not as_json:
-            err.print(f"[dim]{time.monotonic() - began:6.1f}s[/] {message}", highlight=False)
+    progress = _progress(as_json)
 
     _, change = topology.remove_replica(
         c.settings(), c.layout(), name, drain_timeout=drain_timeout, progress=progress
@@ -512,11 +512,7 @@ def failover_test(
     Exit 1 if a run lost an acknowledged write, saw two masters at once, or did not heal.
     """
     c = _ctx(ctx)
-    began = time.monotonic()
-
-    def progress(message: str) -> None:
-        if not as_json:
-            err.print(f"[dim]{time.monotonic() - began:6.1f}s[/] {message}", highlight=False)
+    progress = _progress(as_json)
 
     report = drill.run_drills(
         c.settings(),
