@@ -54,16 +54,21 @@ def _save_extra(layout: StateLayout, nodes: list[NodeSpec]) -> None:
     path.write_text(json.dumps([n.model_dump() for n in nodes], indent=2) + "\n")
 
 
+def with_nodes(settings: Settings, nodes: list[NodeSpec]) -> Settings:
+    """The same settings with another node list, validated again (ports must stay distinct)."""
+    data = settings.model_dump()
+    data["database"]["app_password"] = settings.database.app_password
+    data["nodes"] = [n.model_dump() for n in nodes]
+    return Settings.model_validate(data)
+
+
 def with_extra_nodes(settings: Settings, layout: StateLayout) -> Settings:
     """The configured nodes plus the replicas added with add-replica."""
     extra = extra_nodes(layout)
     if not extra:
         return settings
-    data = settings.model_dump()
-    data["database"]["app_password"] = settings.database.app_password
-    data["nodes"] = [*data["nodes"], *(n.model_dump() for n in extra)]
     try:
-        return Settings.model_validate(data)
+        return with_nodes(settings, [*settings.nodes, *extra])
     except ValueError as exc:
         raise ConfigError(
             f"replicas in {_nodes_file(layout)} clash with the config: {exc}"
@@ -138,11 +143,8 @@ def add_replica(
     api_port = api_port or _next_port(used, max(n.api_port for n in settings.nodes) + 1, host)
     node = NodeSpec(name=name, port=port, api_port=api_port)
     extra = [*extra_nodes(layout), node]
-    data = settings.model_dump()
-    data["database"]["app_password"] = settings.database.app_password
-    data["nodes"] = [*data["nodes"], node.model_dump()]
     try:
-        new_settings = Settings.model_validate(data)
+        new_settings = with_nodes(settings, [*settings.nodes, node])
     except ValueError as exc:
         raise ConfigError(f"cannot add {name}: {exc}") from exc
     busy = [p for p in port_problems(new_settings) if f"({name} " in p]
@@ -216,10 +218,7 @@ def remove_replica(
     progress(f"stopping {name}")
     remaining = [n for n in extra if n.name != name]
     _save_extra(layout, remaining)
-    data = settings.model_dump()
-    data["database"]["app_password"] = settings.database.app_password
-    data["nodes"] = [n for n in data["nodes"] if n["name"] != name]
-    new_settings = Settings.model_validate(data)
+    new_settings = with_nodes(settings, [n for n in settings.nodes if n.name != name])
     tools = _tools(new_settings)
     prepare_state(new_settings, layout, service_user(), tools)
     (layout.patroni_config(name)).unlink(missing_ok=True)
