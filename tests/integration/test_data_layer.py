@@ -174,6 +174,10 @@ def insert_upload(session: Session, key: str) -> int:
     return int(n)
 
 
+def served_by(session: Session) -> str:
+    return str(session.info["served_by"])
+
+
 def count_uploads(session: Session) -> int:
     return int(session.execute(text("SELECT count(*) FROM uploads")).scalar_one())
 
@@ -252,6 +256,10 @@ def test_reads_continue_and_idempotent_writes_resume_across_failovers(
     )
     final = PatroniAPI(cluster.settings).leader()
     assert final is not None and final.name == "postgres-video-master"
+    # The table's token is from two timelines ago: a read carrying it goes to the writer
+    # (max_lag_s makes the layer ask the node rather than trust what a connection saw).
+    for _ in range(6):
+        assert layer.read(served_by, created, max_lag_s=3600.0) == "writer"
 
 
 def test_classification_of_a_real_read_only_error(cluster: RunningCluster) -> None:

@@ -132,3 +132,21 @@ def test_datasources_follow_the_guides_profiles() -> None:
     assert DataSourceSettings.from_env({"VIDEODB_DB_PROFILE": "development"}).writer_port == 5433
     with pytest.raises(ConfigError, match="reader_pool_size"):
         DataSourceSettings.from_env({"VIDEODB_DB_READER_POOL_SIZE": "zero"})
+
+
+def test_routing_decisions_without_a_server() -> None:
+    from videodb.db.layer import DataLayer, Position
+
+    layer = DataLayer(DataSourceSettings(token_wait_ms=0))
+    token = ConsistencyToken(3, 1000)
+    replica = Position(in_recovery=True, lsn=2000, timeline=3, lag_s=0.0)
+    conn: object = None  # never used when the answer is known without asking again
+    assert layer._usable(conn, replica, token, None) == (True, 0.0)  # type: ignore[arg-type]
+    older_timeline = Position(True, 5000, 4, 0.0)
+    assert layer._usable(conn, older_timeline, token, None)[0] is False  # type: ignore[arg-type]
+    primary_behind = Position(False, 500, 3, 0.0)
+    assert layer._usable(conn, primary_behind, token, None)[0] is False  # type: ignore[arg-type]
+    lagging = Position(True, 2000, 3, 7.5)
+    assert layer._usable(conn, lagging, token, 5.0)[0] is False  # type: ignore[arg-type]
+    assert layer._usable(conn, lagging, None, 10.0)[0] is True  # type: ignore[arg-type]
+    layer.dispose()
