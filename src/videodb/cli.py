@@ -549,6 +549,25 @@ def backup_video(ctx: typer.Context, as_json: JsonOpt = False) -> None:
         out.print(f"{result.path}  {result.size_bytes} bytes (from {result.source})")
 
 
+@app.command()
+def migrate(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """Apply the applications' schema migrations (Alembic) through the write port."""
+    from videodb.db import DataLayer, DataSourceSettings
+    from videodb.services.schema import migrate as run_migrations
+
+    layer = DataLayer(DataSourceSettings.for_platform(_ctx(ctx).settings()))
+    try:
+        result = run_migrations(layer)
+    finally:
+        layer.dispose()
+    if as_json:
+        _print_json({"before": result.before, "after": result.after, "changed": result.changed})
+    elif result.changed:
+        out.print(f"schema migrated from {result.before or 'empty'} to {result.after}")
+    else:
+        out.print(f"schema already at {result.after}; nothing to do")
+
+
 @app.command("config")
 def config_cmd(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """Print the effective configuration, secrets redacted, with where overrides came from."""

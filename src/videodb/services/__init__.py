@@ -1,0 +1,1 @@
+"""The video platform's applications (upload, metadata, streaming) and their schema."""

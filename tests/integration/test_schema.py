@@ -1,0 +1,35 @@
+"""The applications' schema: Alembic migrations through the write port, full-text search."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from tests.integration.harness import RunningCluster
+from videodb.services.schema import head_revision
+
+pytestmark = pytest.mark.integration
+
+
+def test_migrations_apply_once_through_the_write_port(cluster: RunningCluster) -> None:
+    first = cluster.cli_json("migrate")
+    assert first["after"] == head_revision() == "0001"
+    again = cluster.cli_json("migrate")
+    assert again == {"before": "0001", "after": "0001", "changed": False}
+    with cluster.app_connect(cluster.write_port) as conn:
+        row = conn.execute(
+            "INSERT INTO videos (title, description, tags, sha256, size_bytes, content_type) "
+            "VALUES ('Sunset over the harbour', 'Boats at dusk', ARRAY['timelapse', 'sea'], "
+            "repeat('a', 64), 1024, 'video/mp4') RETURNING id"
+        ).fetchone()
+        assert row is not None
+        found = conn.execute(
+            "SELECT id FROM videos WHERE search @@ websearch_to_tsquery('english', %s)",
+            ("timelapse harbour",),
+        ).fetchall()
+        assert [r[0] for r in found] == [row[0]]
+        with pytest.raises(psycopg.errors.CheckViolation, match="videos_sha256_hex"):
+            conn.execute(
+                "INSERT INTO videos (title, sha256, size_bytes, content_type) "
+                "VALUES ('bad', 'not-a-digest', 1, 'video/mp4')"
+            )
