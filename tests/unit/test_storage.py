@@ -1,0 +1,68 @@
+"""Content-addressed storage: digests, limits, types, and nothing left behind on failure."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from videodb.services.storage import ContentStore, StorageError, sniff_content_type
+
+MP4 = b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2" + bytes(range(256)) * 40
+WEBM = b"\x1a\x45\xdf\xa3" + b"\x00" * 500
+
+
+def chunks(data: bytes, size: int = 1000) -> list[bytes]:
+    return [data[i : i + size] for i in range(0, len(data), size)]
+
+
+def leftovers(store: ContentStore) -> list[Path]:
+    return [p for p in (store.root / "tmp").iterdir()]
+
+
+def test_stores_by_digest_once(tmp_path: Path) -> None:
+    store = ContentStore(tmp_path, max_bytes=1 << 20)
+    first = store.save(chunks(MP4), "video/mp4")
+    assert first.sha256 == hashlib.sha256(MP4).hexdigest()
+    assert first.path.read_bytes() == MP4 and first.size_bytes == len(MP4)
+    assert first.created and first.content_type == "video/mp4"
+    again = store.save(chunks(MP4, 7), "video/mp4", expected_sha256=first.sha256.upper())
+    assert not again.created and again.path == first.path
+    assert leftovers(store) == []
+
+
+@pytest.mark.parametrize(
+    ("data", "declared", "status", "message"),
+    [
+        (b"", "video/mp4", 422, "empty"),
+        (MP4, "image/png", 415, "not accepted"),
+        (b"just some text, not a video", "video/mp4", 415, "does not look like a video"),
+        (MP4 * 100, "video/mp4", 413, "larger than the limit"),
+    ],
+)
+def test_bad_uploads_are_refused_and_leave_nothing(
+    tmp_path: Path, data: bytes, declared: str, status: int, message: str
+) -> None:
+    store = ContentStore(tmp_path, max_bytes=100_000)
+    with pytest.raises(StorageError, match=message) as info:
+        store.save(chunks(data), declared)
+    assert info.value.status == status
+    assert leftovers(store) == []
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+
+
+def test_digest_mismatch_is_refused(tmp_path: Path) -> None:
+    store = ContentStore(tmp_path, max_bytes=1 << 20)
+    with pytest.raises(StorageError, match="SHA-256 mismatch") as info:
+        store.save(chunks(WEBM), "video/webm", expected_sha256="0" * 64)
+    assert info.value.status == 422
+    assert leftovers(store) == []
+
+
+def test_sniffing_recognises_the_containers() -> None:
+    assert sniff_content_type(MP4[:16]) == "video/mp4"
+    assert sniff_content_type(b"\x00\x00\x00\x14ftypqt  \x00\x00") == "video/quicktime"
+    assert sniff_content_type(WEBM[:16]) == "video/webm"
+    assert sniff_content_type(b"OggS\x00\x02") == "video/ogg"
+    assert sniff_content_type(b"GIF89a") is None
