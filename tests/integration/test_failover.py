@@ -17,9 +17,10 @@ import pytest
 
 from tests.integration.harness import RunningCluster, cluster_lifecycle
 from videodb.cluster.drill import node_down
+from videodb.cluster.haproxy_admin import set_server_state
 from videodb.cluster.health import check_health
 from videodb.cluster.patroni_api import PatroniAPI, Role
-from videodb.errors import TimeoutExpired
+from videodb.errors import ClusterError, TimeoutExpired
 from videodb.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -175,6 +176,8 @@ def test_three_node_cluster_survives_master_loss(sync_cluster: RunningCluster) -
 def test_remove_replica_drains_without_failed_reads(sync_cluster: RunningCluster) -> None:
     c = sync_cluster
     name = "postgres-video-replica-1"
+    with pytest.raises(ClusterError, match="No such server"):  # a refusal is never silent
+        set_server_state(c.layout, "postgres_read", "no-such-node", "drain")
     if roles(c).get(name) is Role.PRIMARY:
         c.cli("switchover", check=True, timeout=120)
         wait_healthy(c)
