@@ -242,10 +242,10 @@ class DataLayer:
         """
         if not key or len(key) > 200:
             raise ValueError("an idempotency key must have 1 to 200 characters")
-        self._ensure_idempotency_table()
         delays = self.backoff.delays()
         while True:
             try:
+                self._ensure_idempotency_table()  # idempotent DDL: retried like the write
                 with self.writer() as unit:
                     row = unit.session.execute(
                         text(f"SELECT result FROM {IDEMPOTENCY_TABLE} WHERE key = :k"), {"k": key}
