@@ -18,6 +18,7 @@ from rich.markup import escape
 
 from videodb import __version__, render_text
 from videodb.cluster import (
+    apps,
     backup,
     drill,
     ha,
@@ -147,7 +148,13 @@ def main_options(
 @app.command()
 def start(
     ctx: typer.Context,
-    target: Annotated[str, typer.Argument(help="What to start: 'video' (the cluster).")] = "video",
+    target: Annotated[
+        str,
+        typer.Argument(
+            help="'video': the cluster, then the applications (unless apps.autostart is false); "
+            "'apps': only the applications, on a running cluster."
+        ),
+    ] = "video",
     timeout: Annotated[float, typer.Option(help="Seconds to wait for a healthy cluster.")] = 180.0,
     failover: Annotated[
         str | None,
@@ -162,9 +169,10 @@ def start(
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Start etcd, both PostgreSQL nodes (Patroni) and HAProxy; wait until healthy."""
-    if target != "video":
-        raise ConfigError(f"unknown target {target!r}; use 'start video'")
+    """Start etcd, both PostgreSQL nodes (Patroni) and HAProxy, wait until healthy, migrate the
+    schema, then start the upload, metadata and streaming applications and wait until ready."""
+    if target not in ("video", "apps"):
+        raise ConfigError(f"unknown target {target!r}; use 'start video' or 'start apps'")
     c = _ctx(ctx)
     for key, value in (("failover", failover), ("replication", replication), ("profile", profile)):
         if value is not None:
@@ -172,8 +180,20 @@ def start(
     settings = c.settings()
     layout = c.layout()
     progress = _progress(as_json)
+    if target == "apps":
+        states = apps.start_apps(settings, layout, progress=progress)
+        if as_json:
+            _print_json({"apps": [asdict(s) for s in states]})
+        else:
+            for s in states:
+                out.print(f"{s.name}: {s.state}, pid {s.pid}, port {s.port}: {s.detail}")
+            out.print(f"the page: http://{settings.listen_host}:{settings.apps.web_port}/")
+        return
 
     result = lifecycle.start(settings, layout, timeout=timeout, progress=progress)
+    states = []
+    if settings.apps.autostart:
+        states = apps.start_apps(settings, layout, progress=progress)
     for warning in result.warnings:
         err.print(f"[yellow]warning:[/] {warning}", highlight=False)
     if as_json:
@@ -184,20 +204,40 @@ def start(
                 "elapsed_s": round(result.elapsed_s, 2),
                 "primary": result.primary,
                 "ports": settings.all_ports(),
+                "apps": [asdict(s) for s in states],
             }
         )
         return
     if result.already_running:
         out.print(f"already running (state {result.state_dir}); nothing changed")
     else:
-        out.print(f"healthy in {result.elapsed_s:.1f} s; primary is {result.primary}")
+        out.print(f"cluster healthy in {result.elapsed_s:.1f} s; primary is {result.primary}")
+    if states:
+        out.print(
+            f"applications ready; the page: http://{settings.listen_host}:{settings.apps.web_port}/"
+        )
     out.print(render_text.ports_table(settings, result.primary))
 
 
 @app.command()
-def stop(ctx: typer.Context, as_json: JsonOpt = False) -> None:
-    """Stop every process of the platform. The data stays."""
+def stop(
+    ctx: typer.Context,
+    target: Annotated[
+        str, typer.Argument(help="'all' (everything) or 'apps' (only the applications).")
+    ] = "all",
+    as_json: JsonOpt = False,
+) -> None:
+    """Stop every process of the platform (or only the applications). The data stays."""
     c = _ctx(ctx)
+    if target not in ("all", "video", "apps"):
+        raise ConfigError(f"unknown target {target!r}; use 'stop', 'stop all' or 'stop apps'")
+    if target == "apps":
+        stopped = apps.stop_apps(c.layout())
+        if as_json:
+            _print_json({"stopped": stopped})
+        else:
+            out.print(f"stopped {', '.join(stopped)}" if stopped else "no application running")
+        return
     result = lifecycle.stop(c.settings(), c.layout())
     if as_json:
         _print_json({"was_running": result.was_running, "stopped_pids": result.stopped_pids})
@@ -211,7 +251,7 @@ def restart(
     timeout: Annotated[float, typer.Option(help="Seconds to wait for a healthy cluster.")] = 180.0,
 ) -> None:
     """Stop, then start again (applies a changed config)."""
-    stop(ctx, as_json=False)
+    stop(ctx, target="all", as_json=False)
     start(
         ctx,
         target="video",
@@ -307,7 +347,8 @@ def logs(
     service: Annotated[
         str,
         typer.Argument(
-            help="postgres-video-master, postgres-video-slave, haproxy-postgres, etcd, supervisord"
+            help="postgres-video-master, postgres-video-slave, haproxy-postgres, etcd, upload, "
+            "metadata, streaming, supervisord"
         ),
     ],
     follow: Annotated[

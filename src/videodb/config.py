@@ -136,6 +136,19 @@ class PostgresSpec(_Strict):
     parameters: dict[str, ParamValue] = Field(default_factory=lambda: dict(GUIDE_PARAMETERS))
 
 
+class AppsSpec(_Strict):
+    """The three applications (upload, metadata, streaming) and the web port in front of them."""
+
+    web_port: Port = 8080  # HAProxy: the page and every API on one address
+    upload_port: Port = 8081
+    metadata_port: Port = 8082
+    streaming_port: Port = 8083
+    storage_dir: Path | None = None  # default: videos/ in the state directory
+    max_upload_mb: Annotated[int, Field(ge=1, le=1_048_576)] = 1024
+    view_flush_s: Annotated[float, Field(gt=0, le=3600)] = 2.0
+    autostart: bool = True  # 'start video' starts the applications after the cluster
+
+
 def _default_nodes() -> list[NodeSpec]:
     return [
         NodeSpec(name="postgres-video-master", port=5433, api_port=8008),
@@ -156,6 +169,7 @@ class Settings(_Strict):
     database: DatabaseSpec = Field(default_factory=DatabaseSpec)
     patroni: PatroniSpec = Field(default_factory=PatroniSpec)
     postgresql: PostgresSpec = Field(default_factory=PostgresSpec)
+    apps: AppsSpec = Field(default_factory=AppsSpec)
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
@@ -190,7 +204,17 @@ class Settings(_Strict):
         ports["haproxy write"] = self.haproxy.write_port
         ports["haproxy read"] = self.haproxy.read_port
         ports["haproxy stats"] = self.haproxy.stats_port
+        ports.update(self.app_ports())
         return ports
+
+    def app_ports(self) -> dict[str, int]:
+        a = self.apps
+        return {
+            "web (haproxy)": a.web_port,
+            "upload app": a.upload_port,
+            "metadata app": a.metadata_port,
+            "streaming app": a.streaming_port,
+        }
 
     def node(self, name: str) -> NodeSpec:
         for node in self.nodes:

@@ -123,6 +123,10 @@ class StateLayout:
     def haproxy_config(self) -> Path:
         return self.conf / "haproxy.cfg"
 
+    def apps_config(self) -> Path:
+        """What the applications run with (database password included): 0600."""
+        return self.conf / "apps.json"
+
     def supervisor_config(self) -> Path:
         return self.conf / "supervisord.conf"
 

@@ -30,6 +30,13 @@ def ports_table(settings: Settings, primary: str | None) -> Table:
     table.add_row("HAProxy write", f"{host}:{h.write_port}", "writes, to the master only")
     table.add_row("HAProxy read", f"{host}:{h.read_port}", "reads, master + replicas")
     table.add_row("HAProxy stats", f"http://{host}:{h.stats_port}/stats", "stats; /metrics")
+    a = settings.apps
+    table.add_row("web", f"http://{host}:{a.web_port}/", "the page; every API by path")
+    table.add_row("upload app", f"http://{host}:{a.upload_port}/docs", "POST /api/videos")
+    table.add_row("metadata app", f"http://{host}:{a.metadata_port}/docs", "list, search, edit")
+    table.add_row(
+        "streaming app", f"http://{host}:{a.streaming_port}/docs", "/api/videos/{id}/stream"
+    )
     return table
 
 

@@ -23,6 +23,10 @@ PORT_KEYS = (
     "haproxy.write_port",
     "haproxy.read_port",
     "haproxy.stats_port",
+    "apps.web_port",
+    "apps.upload_port",
+    "apps.metadata_port",
+    "apps.streaming_port",
 )
 
 
@@ -52,6 +56,11 @@ peer_port = {v["etcd.peer_port"]}
 write_port = {v["haproxy.write_port"]}
 read_port = {v["haproxy.read_port"]}
 stats_port = {v["haproxy.stats_port"]}
+[apps]
+web_port = {v["apps.web_port"]}
+upload_port = {v["apps.upload_port"]}
+metadata_port = {v["apps.metadata_port"]}
+streaming_port = {v["apps.streaming_port"]}
 {extra}"""
     path = workdir / "platform.toml"
     path.write_text(text)

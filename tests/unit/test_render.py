@@ -20,6 +20,7 @@ TOOLS = render.Toolchain(
     etcd=Path("/usr/bin/etcd"),
     haproxy=Path("/usr/sbin/haproxy"),
     pg_bin=Path("/usr/lib/postgresql/15/bin"),
+    python=Path("/venv/bin/python3"),
 )
 LAYOUT = StateLayout(Path("/srv/state"))
 
@@ -89,12 +90,31 @@ def test_supervisor_runs_servers_as_service_user_and_can_hold_back_nodes() -> No
     text = render.supervisor_config(
         Settings(), LAYOUT, TOOLS, user, frozenset({"postgres-video-slave"})
     )
-    assert text.count("user=postgres") == 4
+    assert text.count("user=postgres") == 7  # etcd, 2 nodes, HAProxy, 3 applications
     slave = text.split("[program:postgres-video-slave]")[1].split("[program:")[0]
     master = text.split("[program:postgres-video-master]")[1].split("[program:")[0]
     assert "autostart=false" in slave and "autostart=true" in master
     assert "autorestart=true" in master
     assert "su-secret" not in text
+    upload = text.split("[program:upload]")[1].split("[program:")[0]
+    assert (
+        "/venv/bin/python3 -m videodb.services.serve upload --config /srv/state/conf/apps.json"
+        in upload
+    )
+    assert "autostart=false" in upload  # started by 'start apps' once the schema is migrated
+
+
+def test_web_port_routes_by_path_and_method() -> None:
+    cfg = render.haproxy_config(Settings(), LAYOUT)
+    web = cfg.split("frontend web")[1]
+    assert "bind 127.0.0.1:8080" in web and "mode http" in web
+    assert "use_backend app_streaming if is_stream" in web
+    assert "use_backend app_upload if is_collection is_post" in web
+    assert "default_backend app_metadata" in web
+    for name, port in (("upload", 8081), ("metadata", 8082), ("streaming", 8083)):
+        backend = cfg.split(f"\nbackend app_{name}\n")[1].split("\nbackend ")[0]
+        assert f"server {name} 127.0.0.1:{port} check" in backend
+        assert "http-error status 503 content-type application/json" in backend
 
 
 def test_etcd_listens_on_loopback() -> None:

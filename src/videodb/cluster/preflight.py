@@ -58,7 +58,16 @@ def find_toolchain(settings: Settings) -> tuple[Toolchain | None, list[str]]:
             )
     if problems or etcd is None or haproxy is None:
         return None, problems
-    return Toolchain(patroni=patroni, etcd=etcd, haproxy=haproxy, pg_bin=pg_bin), []
+    return (
+        Toolchain(
+            patroni=patroni,
+            etcd=etcd,
+            haproxy=haproxy,
+            pg_bin=pg_bin,
+            python=venv_bin / Path(sys.executable).name,
+        ),
+        [],
+    )
 
 
 def port_problems(settings: Settings) -> list[str]:
@@ -81,6 +90,10 @@ def _port_key(settings: Settings, what: str) -> str:
         "haproxy write": "haproxy.write_port",
         "haproxy read": "haproxy.read_port",
         "haproxy stats": "haproxy.stats_port",
+        "web (haproxy)": "apps.web_port",
+        "upload app": "apps.upload_port",
+        "metadata app": "apps.metadata_port",
+        "streaming app": "apps.streaming_port",
     }
     if what in keys:
         return keys[what]

@@ -17,6 +17,8 @@ WRITE_BACKEND = "postgres_write"
 READ_BACKEND = "postgres_read"
 ETCD_PROGRAM = "etcd"
 HAPROXY_PROGRAM = "haproxy-postgres"
+APP_PROGRAMS = ("upload", "metadata", "streaming")  # supervisord programs = service names
+APP_BACKENDS = {name: f"app_{name}" for name in APP_PROGRAMS}
 
 # What replication, pg_rewind and quick promotion need (DESIGN.md, traps).
 REPLICATION_PARAMETERS: dict[str, Any] = {
@@ -42,6 +44,7 @@ class Toolchain:
     etcd: Path
     haproxy: Path
     pg_bin: Path
+    python: Path  # the environment's interpreter, which runs the applications
 
 
 def pg_hba(settings: Settings) -> list[str]:
@@ -218,8 +221,50 @@ def haproxy_config(settings: Settings, layout: StateLayout) -> str:
         "    stats refresh 5s",
         "    stats show-legends",
         "",
+        *web_frontend(settings),
     ]
     return "\n".join(lines)
+
+
+def web_frontend(settings: Settings) -> list[str]:
+    """The page and the three APIs on one address, routed by path (and method for uploads)."""
+    host = settings.listen_host
+    a = settings.apps
+    h = settings.haproxy
+    down = (
+        "    http-error status 503 content-type application/json string "
+        '\'{"error": {"status": 503, "message": "the application behind this path is '
+        "not running; see platform.sh status, or start it with platform.sh start apps\"}}'"
+    )
+    lines = [
+        "frontend web",
+        "    mode http",
+        f"    bind {host}:{a.web_port}",
+        "    option httplog",
+        "    option forwardfor",
+        "    timeout http-request 30s",
+        "    acl is_stream path_reg ^/api/videos/[^/]+/stream$",
+        "    acl is_collection path /api/videos /api/videos/",
+        "    acl is_post method POST",
+        f"    use_backend {APP_BACKENDS['streaming']} if is_stream",
+        f"    use_backend {APP_BACKENDS['upload']} if is_collection is_post",
+        f"    default_backend {APP_BACKENDS['metadata']}",
+        "",
+    ]
+    ports = {"upload": a.upload_port, "metadata": a.metadata_port, "streaming": a.streaming_port}
+    for name, port in ports.items():
+        lines += [
+            f"backend {APP_BACKENDS[name]}",
+            "    mode http",
+            "    option httpchk GET /healthz",
+            "    http-check expect status 200",
+            "    retry-on conn-failure empty-response",
+            down,
+            f"    server {name} {host}:{port} check inter {h.check_interval_ms}ms "
+            f"fastinter {h.fast_interval_ms}ms downinter {h.fast_interval_ms}ms rise 1 fall 2",
+            "",
+        ]
+    return lines
 
 
 def etcd_command(settings: Settings, layout: StateLayout, tools: Toolchain) -> list[str]:
@@ -260,14 +305,16 @@ def supervisor_config(
     as_user = "" if user.is_current else f"user={user.name}\n"
     env = f'environment=HOME="{layout.root}",LC_ALL="C.UTF-8",LANG="C.UTF-8"\n'
 
-    def program(name: str, argv: list[str], stopwait: int, priority: int) -> str:
-        autostart = "false" if name in held_back else "true"
+    def program(
+        name: str, argv: list[str], stopwait: int, priority: int, autostart: bool = True
+    ) -> str:
+        start = "false" if name in held_back or not autostart else "true"
         return (
             f"[program:{name}]\n"
             f"command={shlex.join(argv)}\n"
             f"{as_user}{env}"
             f"priority={priority}\n"
-            f"autostart={autostart}\n"
+            f"autostart={start}\n"
             "autorestart=true\n"
             "startsecs=1\n"
             "startretries=1000\n"
@@ -307,4 +354,9 @@ def supervisor_config(
     # Master-worker mode: SIGUSR2 reloads a changed config; old workers finish their sessions.
     haproxy_argv = [str(tools.haproxy), "-W", "-db", "-f", str(layout.haproxy_config())]
     text += program(HAPROXY_PROGRAM, haproxy_argv, 10, 30)
+    # The applications start after the cluster is healthy and the schema migrated ('start apps').
+    config = layout.apps_config()
+    for name in APP_PROGRAMS:
+        argv = [str(tools.python), "-m", "videodb.services.serve", name, "--config", str(config)]
+        text += program(name, argv, 15, 40, autostart=False)
     return text

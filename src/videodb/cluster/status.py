@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from videodb.cluster.apps import app_states
 from videodb.cluster.haproxy_stats import ServerStatus, fetch_server_status
 from videodb.cluster.health import etcd_healthy
 from videodb.cluster.lifecycle import postmaster_pid
@@ -113,10 +114,29 @@ def platform_status(settings: Settings, layout: StateLayout) -> PlatformStatus:
             state,
             haproxy_ok,
             pid,
-            {"write": h.write_port, "read": h.read_port, "stats": h.stats_port},
+            {
+                "write": h.write_port,
+                "read": h.read_port,
+                "stats": h.stats_port,
+                "web": settings.apps.web_port,
+            },
             detail=_backend_summary(servers) if haproxy_ok else "stats page not reachable",
         )
     )
+    for app in app_states(settings, layout):
+        # Stopped applications count against health only where 'start video' starts them.
+        judged = settings.apps.autostart or app.state != "STOPPED"
+        status.services.append(
+            ServiceStatus(
+                app.name,
+                "app",
+                app.state,
+                app.ready or not judged,
+                app.pid,
+                {"http": app.port},
+                detail=app.detail,
+            )
+        )
     return status
 
 

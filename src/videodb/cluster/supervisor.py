@@ -102,9 +102,10 @@ class Supervisor:
                 return prog
         raise ClusterError(f"supervisord has no program {name!r}")
 
-    def start_program(self, name: str) -> None:
+    def start_program(self, name: str, wait: bool = True) -> None:
+        """Start a program; with `wait`, until supervisord sees it running for startsecs."""
         if not self.program(name).running:
-            self._call("startProcess", name, True)
+            self._call("startProcess", name, wait)
 
     def stop_program(self, name: str) -> None:
         if self.program(name).state in ("RUNNING", "STARTING", "BACKOFF"):

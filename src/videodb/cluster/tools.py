@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from videodb.cluster.patroni_api import PatroniAPI
-from videodb.cluster.render import ETCD_PROGRAM, HAPROXY_PROGRAM
+from videodb.cluster.render import APP_PROGRAMS, ETCD_PROGRAM, HAPROXY_PROGRAM
 from videodb.config import Settings
 from videodb.errors import ClusterError, ConfigError
 from videodb.layout import StateLayout
@@ -34,7 +34,13 @@ def psql_command(
 
 
 def services(settings: Settings) -> list[str]:
-    return [*(n.name for n in settings.nodes), HAPROXY_PROGRAM, ETCD_PROGRAM, "supervisord"]
+    return [
+        *(n.name for n in settings.nodes),
+        HAPROXY_PROGRAM,
+        ETCD_PROGRAM,
+        *APP_PROGRAMS,
+        "supervisord",
+    ]
 
 
 def log_files(settings: Settings, layout: StateLayout, service: str) -> list[Path]:

@@ -53,6 +53,81 @@ def sniff_content_type(head: bytes) -> str | None:
     return None
 
 
+class PendingFile:
+    """An upload in progress: bytes go to a temporary file while they are hashed and counted.
+
+    `finish()` checks what arrived; `publish()` then renames it into place under its digest
+    (call it inside the database transaction that records it, so a concurrent delete of the
+    same bytes is ordered against it). `discard()` removes whatever is left; it is safe to call
+    at any time and after `publish()`.
+    """
+
+    def __init__(self, store: ContentStore, declared_type: str | None) -> None:
+        if declared_type not in ALLOWED_TYPES:
+            raise StorageError(
+                f"content type {declared_type!r} is not accepted; upload one of "
+                f"{', '.join(sorted(ALLOWED_TYPES))}",
+                415,
+            )
+        self.store = store
+        self.declared_type = declared_type
+        self._digest = hashlib.sha256()
+        self.size = 0
+        self._head = b""
+        fd, name = tempfile.mkstemp(dir=store.root / "tmp", prefix="upload-")
+        self.tmp = Path(name)
+        self._out = os.fdopen(fd, "wb")
+        self.result: StoredFile | None = None
+
+    def write(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.size > self.store.max_bytes:
+            limit = self.store.max_bytes
+            raise StorageError(f"file is larger than the limit of {limit} bytes", 413)
+        if len(self._head) < 16:
+            self._head += chunk[: 16 - len(self._head)]
+        self._digest.update(chunk)
+        self._out.write(chunk)
+
+    def finish(self, expected_sha256: str | None = None) -> StoredFile:
+        """Flush to disk and check: not empty, a video container, the digest the client gave."""
+        self._out.flush()
+        os.fsync(self._out.fileno())
+        self._out.close()
+        if self.size == 0:
+            raise StorageError("the file is empty", 422)
+        sniffed = sniff_content_type(self._head)
+        if sniffed is None:
+            raise StorageError(
+                f"the file does not look like a video (declared {self.declared_type}); "
+                "upload an MP4, WebM, Ogg or QuickTime file",
+                415,
+            )
+        sha256 = self._digest.hexdigest()
+        if expected_sha256 is not None and expected_sha256.strip().lower() != sha256:
+            raise StorageError(
+                f"SHA-256 mismatch: the client said {expected_sha256}, the bytes are {sha256}",
+                422,
+            )
+        final = self.store.path_for(sha256)
+        self.result = StoredFile(sha256, self.size, final, sniffed, not final.exists())
+        return self.result
+
+    def publish(self) -> StoredFile:
+        """Move the checked file into place (same bytes already there: keep those)."""
+        assert self.result is not None, "finish() first"
+        final = self.result.path
+        final.parent.mkdir(parents=True, exist_ok=True)
+        if self.tmp.exists():
+            os.replace(self.tmp, final)
+        return self.result
+
+    def discard(self) -> None:
+        if not self._out.closed:
+            self._out.close()
+        self.tmp.unlink(missing_ok=True)
+
+
 class ContentStore:
     def __init__(self, root: Path, max_bytes: int) -> None:
         self.root = root
@@ -62,57 +137,37 @@ class ContentStore:
     def path_for(self, sha256: str) -> Path:
         return self.root / sha256[:2] / sha256[2:4] / sha256
 
+    def begin(self, declared_type: str | None) -> PendingFile:
+        return PendingFile(self, declared_type)
+
+    def set_aside(self, sha256: str) -> Path | None:
+        """Move stored bytes out of reach before deleting them (None if they are not there)."""
+        aside = self.root / "tmp" / f"deleting-{sha256}-{os.getpid()}"
+        try:
+            os.replace(self.path_for(sha256), aside)
+        except FileNotFoundError:
+            return None
+        return aside
+
+    def put_back(self, aside: Path, sha256: str) -> None:
+        final = self.path_for(sha256)
+        if not final.exists():
+            os.replace(aside, final)
+        else:
+            aside.unlink(missing_ok=True)
+
     def save(
         self,
         chunks: Iterable[bytes],
         declared_type: str | None,
         expected_sha256: str | None = None,
     ) -> StoredFile:
-        if declared_type not in ALLOWED_TYPES:
-            raise StorageError(
-                f"content type {declared_type!r} is not accepted; upload one of "
-                f"{', '.join(sorted(ALLOWED_TYPES))}",
-                415,
-            )
-        digest = hashlib.sha256()
-        size = 0
-        head = b""
-        fd, tmp_name = tempfile.mkstemp(dir=self.root / "tmp", prefix="upload-")
-        tmp = Path(tmp_name)
+        """Store a whole upload at once: begin, write every chunk, finish and publish."""
+        pending = self.begin(declared_type)
         try:
-            with os.fdopen(fd, "wb") as out:
-                for chunk in chunks:
-                    size += len(chunk)
-                    if size > self.max_bytes:
-                        raise StorageError(
-                            f"file is larger than the limit of {self.max_bytes} bytes", 413
-                        )
-                    if len(head) < 16:
-                        head += chunk[: 16 - len(head)]
-                    digest.update(chunk)
-                    out.write(chunk)
-                out.flush()
-                os.fsync(out.fileno())
-            if size == 0:
-                raise StorageError("the file is empty", 422)
-            sniffed = sniff_content_type(head)
-            if sniffed is None:
-                raise StorageError(
-                    f"the file does not look like a video (declared {declared_type}); "
-                    "upload an MP4, WebM, Ogg or QuickTime file",
-                    415,
-                )
-            sha256 = digest.hexdigest()
-            if expected_sha256 is not None and expected_sha256.lower() != sha256:
-                raise StorageError(
-                    f"SHA-256 mismatch: the client said {expected_sha256}, the bytes are {sha256}",
-                    422,
-                )
-            final = self.path_for(sha256)
-            final.parent.mkdir(parents=True, exist_ok=True)
-            created = not final.exists()
-            if created:
-                os.replace(tmp, final)
-            return StoredFile(sha256, size, final, sniffed, created)
+            for chunk in chunks:
+                pending.write(chunk)
+            pending.finish(expected_sha256)
+            return pending.publish()
         finally:
-            tmp.unlink(missing_ok=True)
+            pending.discard()

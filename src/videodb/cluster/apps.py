@@ -1,0 +1,188 @@
+"""The applications (upload, metadata, streaming) under the platform's supervisord: their config
+file, the schema they need, starting them once the cluster is healthy, and their readiness."""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from videodb.cluster import render
+from videodb.cluster.preflight import find_toolchain
+from videodb.cluster.supervisor import Supervisor, supervisord_pid
+from videodb.config import Settings
+from videodb.errors import NotRunningError, PrerequisiteError, TimeoutExpired
+from videodb.layout import ServiceUser, StateLayout, service_user
+from videodb.ports import port_holder, port_is_free
+from videodb.secrets import write_private
+from videodb.services.runtime import AppConfig
+from videodb.waiting import wait_for
+
+Progress = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    return None
+
+
+@dataclass
+class AppState:
+    name: str
+    port: int
+    state: str  # supervisord's
+    pid: int | None
+    ready: bool
+    detail: str
+
+
+def app_ports(settings: Settings) -> dict[str, int]:
+    a = settings.apps
+    return {"upload": a.upload_port, "metadata": a.metadata_port, "streaming": a.streaming_port}
+
+
+def write_app_files(settings: Settings, layout: StateLayout, user: ServiceUser) -> AppConfig:
+    """conf/apps.json (0600, the service user's) and the storage directory."""
+    config = AppConfig.for_platform(settings, layout)
+    for directory in (config.storage_dir, config.storage_dir / "tmp"):
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            if not user.is_current:
+                os.chown(directory, user.uid, user.gid)
+            os.chmod(directory, 0o750)
+        except OSError as exc:
+            raise PrerequisiteError(
+                f"video storage {directory} cannot be prepared for the '{user.name}' user "
+                f"({exc.strerror}); choose another with --set apps.storage_dir=PATH"
+            ) from exc
+    path = layout.apps_config()
+    write_private(path, config.to_json())
+    if not user.is_current:
+        os.chown(path, user.uid, user.gid)
+    return config
+
+
+def readiness(host: str, port: int, timeout: float = 2.0) -> tuple[bool, str]:
+    """(ready, why): GET /readyz, which queries the database through the service's port."""
+    url = f"http://{host}:{port}/readyz"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status == 200, "ready"
+    except urllib.error.HTTPError as exc:
+        try:
+            message = json.loads(exc.read())["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = f"HTTP {exc.code}"
+        return False, str(message)
+    except (OSError, urllib.error.URLError) as exc:
+        return False, f"not answering on {host}:{port} ({getattr(exc, 'reason', exc)})"
+
+
+def app_states(settings: Settings, layout: StateLayout) -> list[AppState]:
+    programs = {}
+    if supervisord_pid(layout) is not None:
+        try:
+            programs = {p.name: p for p in Supervisor(layout).programs()}
+        except NotRunningError:
+            programs = {}
+    states = []
+    for name, port in app_ports(settings).items():
+        program = programs.get(name)
+        state = program.state if program else "STOPPED"
+        pid = program.pid if program else None
+        if state == "RUNNING":
+            ready, detail = readiness(settings.listen_host, port)
+        else:
+            ready, detail = False, "not started: 'platform.sh start apps'"
+        states.append(AppState(name, port, state, pid, ready, detail))
+    return states
+
+
+def _ensure_programs(settings: Settings, layout: StateLayout, supervisor: Supervisor) -> None:
+    """A platform started before the applications existed: add their programs to supervisord."""
+    known = {p.name for p in supervisor.programs()}
+    if set(render.APP_PROGRAMS) <= known:
+        return
+    tools, problems = find_toolchain(settings)
+    if tools is None:
+        raise PrerequisiteError("cannot start the applications:\n  " + "\n  ".join(problems))
+    text = render.supervisor_config(settings, layout, tools, service_user())
+    layout.supervisor_config().write_text(text, encoding="utf-8")
+    supervisor.apply_config()
+
+
+def start_apps(
+    settings: Settings,
+    layout: StateLayout,
+    *,
+    timeout: float = 60.0,
+    progress: Progress = _quiet,
+) -> list[AppState]:
+    """Migrate the schema (write port), then start and wait for every application to be ready.
+
+    Applications already running are left as they are.
+    """
+    if supervisord_pid(layout) is None:
+        raise NotRunningError(
+            f"the platform is not running (state {layout.root}); start it with "
+            "'platform.sh start video', which starts the applications too"
+        )
+    from videodb.db import DataLayer, DataSourceSettings
+    from videodb.services.schema import migrate
+
+    progress("applying the schema migrations through the write port")
+    layer = DataLayer(DataSourceSettings.for_platform(settings))
+    try:
+        result = migrate(layer)
+    finally:
+        layer.dispose()
+    if result.changed:
+        progress(f"schema migrated from {result.before or 'empty'} to {result.after}")
+    write_app_files(settings, layout, service_user())
+    supervisor = Supervisor(layout)
+    _ensure_programs(settings, layout, supervisor)
+    host = settings.listen_host
+    to_start = [n for n in render.APP_PROGRAMS if not supervisor.program(n).running]
+    busy = []
+    for name in to_start:
+        port = app_ports(settings)[name]
+        if not port_is_free(host, port):
+            busy.append(
+                f"port {port} ({name} app) is in use by {port_holder(port).describe()}; stop that "
+                f"process or choose another port with --set apps.{name}_port=N"
+            )
+    if busy:
+        raise PrerequisiteError("cannot start the applications:\n  " + "\n  ".join(busy))
+    for name in to_start:
+        progress(f"starting {name} on {host}:{app_ports(settings)[name]}")
+        supervisor.start_program(name, wait=False)  # all at once; readiness is awaited below
+    progress("waiting for the applications to be ready (database reachable)")
+    for name, port in app_ports(settings).items():
+        last: list[str] = []
+
+        def ready(port: int = port, last: list[str] = last) -> bool:
+            ok, why = readiness(host, port)
+            last[:] = [why]
+            return ok
+
+        try:
+            wait_for(ready, timeout=timeout, what=f"the {name} application ready", interval=0.2)
+        except TimeoutExpired as exc:
+            why = last[0] if last else "no answer"
+            raise TimeoutExpired(f"{exc} ({why}); see 'platform.sh logs {name}'") from exc
+    return app_states(settings, layout)
+
+
+def stop_apps(layout: StateLayout) -> list[str]:
+    """Stop the applications (the cluster keeps running). Returns those that were running."""
+    if supervisord_pid(layout) is None:
+        return []
+    supervisor = Supervisor(layout)
+    stopped = []
+    for program in supervisor.programs():
+        if program.name in render.APP_PROGRAMS and program.running:
+            supervisor.stop_program(program.name)
+            stopped.append(program.name)
+    return stopped

@@ -1,0 +1,135 @@
+"""Streaming service: a video's bytes with HTTP Range (206/416), a strong ETag (its SHA-256),
+If-None-Match and If-Range; views are counted and written in batches."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import anyio
+from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from starlette.types import Receive, Scope, Send
+
+from videodb.db import DataLayer
+from videodb.db.web import request_token
+from videodb.services.base import create_app, json_error
+from videodb.services.ranges import ByteRange, RangeNotSatisfiable, etag_matches, parse_range
+from videodb.services.runtime import AppConfig
+from videodb.services.storage import ContentStore
+from videodb.services.videos import VideoOut, get_video, parse_id
+from videodb.services.views import ViewCounter
+
+DESCRIPTION = """Serves a video's bytes: `Range: bytes=...` gives 206 with Content-Range (416 when
+unsatisfiable or malformed), `If-None-Match` with the ETag gives 304, `If-Range` sends the range
+only if the video is unchanged. Pass the upload's consistency token to stream a video right after
+uploading it. A view is counted for each request that starts at byte 0."""
+
+CHUNK = 256 * 1024
+
+
+class FileSlice(Response):
+    """Sends bytes [start, start+length) of a file, read in chunks off the event loop."""
+
+    def __init__(
+        self, path: Path, start: int, length: int, status_code: int, headers: Mapping[str, str]
+    ) -> None:
+        super().__init__(status_code=status_code, headers=dict(headers))
+        self.path = path
+        self.start = start
+        self.length = length
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send(
+            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+        )
+        if scope["method"] == "HEAD" or self.length == 0:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
+        remaining = self.length
+        async with await anyio.open_file(self.path, "rb") as f:
+            await f.seek(self.start)
+            while remaining > 0:
+                chunk = await f.read(min(CHUNK, remaining))
+                if not chunk:
+                    raise RuntimeError(f"{self.path} is shorter than its recorded size")
+                remaining -= len(chunk)
+                await send(
+                    {"type": "http.response.body", "body": chunk, "more_body": remaining > 0}
+                )
+
+
+def build_app(config: AppConfig, layer: DataLayer | None = None) -> FastAPI:
+    layer = layer or DataLayer(config.datasource)
+    store = ContentStore(config.storage_dir, config.max_upload_bytes)
+    views = ViewCounter(layer, config.view_flush_s, layer.registry)
+    app = create_app(
+        "streaming",
+        layer,
+        description=DESCRIPTION,
+        ready_on="reader",
+        on_startup=[views.start],
+        on_shutdown=[views.stop],
+    )
+    app.state.views = views
+
+    @app.api_route(
+        "/api/videos/{video_id}/stream",
+        methods=["GET", "HEAD"],
+        tags=["streaming"],
+        summary="The video's bytes (Range, ETag, If-None-Match, If-Range)",
+        response_class=Response,
+        responses={
+            200: {"description": "the whole video"},
+            206: {"description": "the requested range"},
+            304: {"description": "unchanged (If-None-Match)"},
+            404: {"description": "no such video"},
+            416: {"description": "range malformed or outside the video"},
+        },
+    )
+    async def stream(video_id: str, request: Request) -> Response:
+        vid = parse_id(video_id)
+        token = request_token(request)
+        video = await run_in_threadpool(
+            layer.read, lambda session: VideoOut.of(get_video(session, vid)), token
+        )
+        path = store.path_for(video.sha256)
+        try:
+            size = os.stat(path).st_size
+        except FileNotFoundError:
+            raise HTTPException(
+                404, f"video {vid} is recorded but its bytes are not in storage ({path})"
+            ) from None
+        etag = f'"{video.sha256}"'
+        headers = {
+            "ETag": etag,
+            "Accept-Ranges": "bytes",
+            "Cache-Control": "private, max-age=3600",
+            "Content-Type": video.content_type,
+        }
+        if etag_matches(request.headers.get("if-none-match"), etag, weak=True):
+            kept = {k: headers[k] for k in ("ETag", "Cache-Control")}
+            return Response(status_code=304, headers=kept)
+        raw_range = request.headers.get("range")
+        if_range = request.headers.get("if-range")
+        if (
+            raw_range is not None
+            and if_range is not None
+            and not etag_matches(if_range, etag, weak=False)
+        ):
+            raw_range = None  # changed since the client's copy (or a date): send it all
+        try:
+            wanted: ByteRange | None = parse_range(raw_range, size)
+        except RangeNotSatisfiable as exc:
+            return json_error(416, str(exc), {"Content-Range": f"bytes */{size}"})
+        if request.method == "GET" and (wanted is None or wanted.start == 0):
+            views.count(vid)
+        if wanted is None:
+            headers["Content-Length"] = str(size)
+            return FileSlice(path, 0, size, 200, headers)
+        headers["Content-Range"] = wanted.content_range(size)
+        headers["Content-Length"] = str(wanted.length)
+        return FileSlice(path, wanted.start, wanted.length, 206, headers)
+
+    return app

@@ -1,0 +1,69 @@
+"""The video resource as the APIs show it, and the queries the services share."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import HTTPException
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from videodb.services.models import Video
+
+Title = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+Description = Annotated[str, StringConstraints(max_length=5000)]
+Tag = Annotated[
+    str, StringConstraints(strip_whitespace=True, to_lower=True, min_length=1, max_length=50)
+]
+Tags = Annotated[list[Tag], Field(max_length=20)]
+
+
+class VideoOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: uuid.UUID
+    title: str
+    description: str
+    tags: list[str]
+    sha256: str
+    size_bytes: int
+    content_type: str
+    views: int
+    created_at: datetime
+    updated_at: datetime
+    stream_url: str = ""
+
+    @classmethod
+    def of(cls, video: Video) -> VideoOut:
+        out = cls.model_validate(video)
+        out.stream_url = f"/api/videos/{video.id}/stream"
+        return out
+
+
+def parse_tags(raw: str) -> list[str]:
+    """Tags from a form field: comma-separated, trimmed, lower-cased, without repeats."""
+    seen: list[str] = []
+    for tag in raw.split(","):
+        tag = tag.strip().lower()
+        if tag and tag not in seen:
+            seen.append(tag)
+    return seen
+
+
+def parse_id(raw: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(raw)
+    except ValueError as exc:
+        raise HTTPException(
+            404, f"no video {raw!r}: ids are UUIDs like 3f2b8c1e-...; list them at /api/videos"
+        ) from exc
+
+
+def get_video(session: Session, video_id: uuid.UUID) -> Video:
+    video = session.execute(select(Video).where(Video.id == video_id)).scalar_one_or_none()
+    if video is None:
+        raise HTTPException(404, f"no video {video_id}; it was never uploaded or was deleted")
+    return video
