@@ -37,8 +37,11 @@ def make_workdir(prefix: str) -> Path:
     return path
 
 
-def write_sandbox_config(workdir: Path, extra: str = "") -> Path:
-    """A config file with every port free and the state directory inside `workdir`."""
+def write_sandbox_config(workdir: Path, extra: str = "", apps: str = "") -> Path:
+    """A config file with every port free and the state directory inside `workdir`.
+
+    `extra` is appended (whole TOML tables); `apps` are more lines of the [apps] table.
+    """
     v = dict(zip(PORT_KEYS, free_ports(len(PORT_KEYS)), strict=True))
     text = f"""state_dir = "{workdir / "state"}"
 [[nodes]]
@@ -61,6 +64,7 @@ web_port = {v["apps.web_port"]}
 upload_port = {v["apps.upload_port"]}
 metadata_port = {v["apps.metadata_port"]}
 streaming_port = {v["apps.streaming_port"]}
+{apps}
 {extra}"""
     path = workdir / "platform.toml"
     path.write_text(text)

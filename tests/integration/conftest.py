@@ -12,5 +12,7 @@ from tests.integration.harness import RunningCluster, cluster_lifecycle
 @pytest.fixture(scope="session")
 def cluster(request: pytest.FixtureRequest) -> Iterator[RunningCluster]:
     """The guide's setup: asynchronous replication, automatic failover."""
-    with cluster_lifecycle(request, "videodb-it-") as running:
+    # A small upload limit, so that the oversized-upload test stays cheap; views written often.
+    apps = "max_upload_mb = 4\nview_flush_s = 0.5\n"
+    with cluster_lifecycle(request, "videodb-it-", apps_toml=apps) as running:
         yield running

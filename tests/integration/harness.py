@@ -17,12 +17,14 @@ import psycopg
 import pytest
 
 from videodb.cluster import lifecycle
+from videodb.cluster.patroni_api import PatroniAPI
 from videodb.cluster.supervisor import Supervisor, supervisord_pid
 from videodb.cluster.topology import with_extra_nodes
 from videodb.config import Settings, load_settings
 from videodb.layout import StateLayout
 from videodb.sandbox import make_workdir, write_sandbox_config
 from videodb.secrets import ClusterSecrets, load_secrets
+from videodb.waiting import wait_for
 
 CLI = str(Path(sys.executable).parent / "videodb")
 __all__ = ["CLI", "RunningCluster", "make_workdir", "write_sandbox_config"]
@@ -99,6 +101,21 @@ class RunningCluster:
     def supervisor(self) -> Supervisor:
         return Supervisor(self.layout)
 
+    def app_url(self, service: str) -> str:
+        """Base URL of an application ('upload', 'metadata', 'streaming') or of 'web'."""
+        a = self.settings.apps
+        port = {
+            "web": a.web_port,
+            "upload": a.upload_port,
+            "metadata": a.metadata_port,
+            "streaming": a.streaming_port,
+        }[service]
+        return f"http://127.0.0.1:{port}"
+
+    @property
+    def storage(self) -> Path:
+        return self.settings.apps.storage_dir or self.layout.root / "videos"
+
 
 @dataclass
 class CliResult:
@@ -130,11 +147,11 @@ def alive(pid: int) -> bool:
 
 @contextmanager
 def cluster_lifecycle(
-    request: pytest.FixtureRequest, prefix: str, extra_toml: str = ""
+    request: pytest.FixtureRequest, prefix: str, extra_toml: str = "", apps_toml: str = ""
 ) -> Iterator[RunningCluster]:
     """Start a cluster through the CLI; stop it by its pids; keep its logs if a test failed."""
     workdir = make_workdir(prefix)
-    config_file = write_sandbox_config(workdir, extra_toml)
+    config_file = write_sandbox_config(workdir, extra_toml, apps_toml)
     loaded = load_settings(config_file, env={}, require_file=True)
     running = RunningCluster(config_file, loaded.settings, StateLayout(workdir / "state"))
     failed_before = request.session.testsfailed
@@ -151,3 +168,17 @@ def cluster_lifecycle(
         else:
             print(f"\nintegration cluster kept for inspection: {workdir}")
         assert not leftover, f"processes left running after stop: {leftover}"
+
+
+def set_apply_delay(cluster: RunningCluster, delay: str | None) -> None:
+    """recovery_min_apply_delay on every replica, through Patroni's dynamic configuration."""
+    api = PatroniAPI(cluster.settings, cluster.secrets.api_password)
+    api.patch_config({"postgresql": {"parameters": {"recovery_min_apply_delay": delay}}})
+    expected = delay or "0"
+
+    def applied() -> bool:
+        with cluster.app_connect(cluster.slave) as conn:
+            row = conn.execute("SHOW recovery_min_apply_delay").fetchone()
+        return row is not None and row[0] == expected
+
+    wait_for(applied, timeout=30, what=f"recovery_min_apply_delay = {expected} on the slave")

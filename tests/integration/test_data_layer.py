@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Column, Integer, MetaData, Table, insert, text
 from sqlalchemy.orm import Session
 
-from tests.integration.harness import RunningCluster
+from tests.integration.harness import RunningCluster, set_apply_delay
 from videodb.cluster.drill import child_pids
 from videodb.cluster.health import check_health
 from videodb.cluster.lifecycle import postmaster_pid
@@ -49,20 +49,6 @@ def layer(cluster: RunningCluster) -> Iterator[DataLayer]:
         unit.session.execute(text("INSERT INTO rw_check VALUES (1, 0) ON CONFLICT DO NOTHING"))
     yield data_layer
     data_layer.dispose()
-
-
-def set_apply_delay(cluster: RunningCluster, delay: str | None) -> None:
-    """recovery_min_apply_delay on every replica, through Patroni's dynamic configuration."""
-    api = PatroniAPI(cluster.settings, cluster.secrets.api_password)
-    api.patch_config({"postgresql": {"parameters": {"recovery_min_apply_delay": delay}}})
-    expected = delay or "0"
-
-    def applied() -> bool:
-        with cluster.app_connect(cluster.slave) as conn:
-            row = conn.execute("SHOW recovery_min_apply_delay").fetchone()
-        return row is not None and row[0] == expected
-
-    wait_for(applied, timeout=30, what=f"recovery_min_apply_delay = {expected} on the slave")
 
 
 def read_value(session: Session) -> tuple[int, str]:

@@ -5,8 +5,8 @@ caller's consistency token (header or cookie) makes its own writes visible at on
 deletes go through the writer and return a new token. The platform's web page is served here.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: FastAPI must evaluate the endpoints' annotations
+# where they are defined, since `Depends(writer)` names a local of build_app.
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict
 from sqlalchemy import ColumnElement, Select, delete, desc, func, select
 from sqlalchemy.orm import Session
 
-from videodb.db import DataLayer, WriteUnit
+from videodb.db import COOKIE, HEADER, DataLayer, WriteUnit
 from videodb.db.web import request_token, writer_dependency
 from videodb.services.base import create_app
 from videodb.services.models import Video
@@ -165,13 +165,16 @@ def build_app(config: AppConfig, layer: DataLayer | None = None) -> FastAPI:
         # back if the commit fails, so a failed delete loses nothing.
         trashed = store.set_aside(sha) if others == 0 else None
         try:
-            unit.commit()
+            token = unit.commit()
         except BaseException:
             if trashed is not None:
                 store.put_back(trashed, sha)
             raise
         if trashed is not None:
             trashed.unlink(missing_ok=True)
-        return Response(status_code=204)
+        # A Response returned as is does not carry the dependency's headers: set the token here.
+        done = Response(status_code=204, headers={HEADER: str(token)})
+        done.set_cookie(COOKIE, str(token), httponly=True, samesite="lax")
+        return done
 
     return app

@@ -1,0 +1,393 @@
+"""The three applications on a real platform: upload a real video (ffmpeg), find it at once
+through the metadata service, stream it with ranges, and refuse bad input leaving nothing behind.
+
+The platform is the session's (started by 'platform.sh start video', which starts the apps), with
+an upload limit of 4 MB and view counts written every 0.5 s.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.integration.harness import RunningCluster, set_apply_delay
+from tests.media import make_video
+from videodb.waiting import wait_for
+
+pytestmark = pytest.mark.integration
+
+TOKEN = "X-Consistency-Token"
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("media")
+    return {kind: make_video(folder / f"sample.{kind}") for kind in ("mp4", "webm")}
+
+
+@pytest.fixture
+def http() -> Iterator[httpx.Client]:
+    with httpx.Client(timeout=30) as client:
+        yield client
+
+
+def upload(
+    http: httpx.Client,
+    cluster: RunningCluster,
+    path: Path,
+    *,
+    title: str,
+    tags: str = "",
+    content_type: str | None = None,
+    key: str | None = None,
+    base: str = "upload",
+    **headers: str,
+) -> httpx.Response:
+    kind = content_type or f"video/{path.suffix.lstrip('.')}"
+    extra = {"Idempotency-Key": key} if key else {}
+    extra.update({k.replace("_", "-"): v for k, v in headers.items()})
+    with path.open("rb") as f:
+        return http.post(
+            f"{cluster.app_url(base)}/api/videos",
+            files={"file": (path.name, f, kind)},
+            data={"title": title, "tags": tags, "description": "made by ffmpeg for a test"},
+            headers=extra,
+        )
+
+
+def stored_files(cluster: RunningCluster) -> set[Path]:
+    return {p for p in cluster.storage.rglob("*") if p.is_file()}
+
+
+def video_count(cluster: RunningCluster) -> int:
+    with cluster.app_connect(cluster.write_port) as conn:
+        row = conn.execute("SELECT count(*) FROM videos").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def error_message(response: httpx.Response) -> str:
+    body: dict[str, Any] = response.json()
+    assert body["error"]["status"] == response.status_code
+    return str(body["error"]["message"])
+
+
+def test_upload_is_found_at_once_and_streams_byte_for_byte(
+    cluster: RunningCluster, http: httpx.Client, media: dict[str, Path]
+) -> None:
+    """Read-your-writes across services: with a 2 s replay delay on the slave, the metadata and
+    streaming services still find a video right after its upload when given the upload's token;
+    without the token the slave does not have it yet."""
+    data = media["mp4"].read_bytes()
+    set_apply_delay(cluster, "2s")
+    try:
+        title = f"ryw {uuid.uuid4().hex[:8]}"
+        created = upload(http, cluster, media["mp4"], title=title, tags="Cats, test")
+        assert created.status_code == 201, created.text
+        video = created.json()
+        token = created.headers[TOKEN]
+        assert video["sha256"] == hashlib.sha256(data).hexdigest()
+        assert video["size_bytes"] == len(data) and video["content_type"] == "video/mp4"
+        assert video["tags"] == ["cats", "test"]
+        # Round robin over master and slave: ten searches reach the slave about five times.
+        for _ in range(10):
+            found = http.get(
+                f"{cluster.app_url('metadata')}/api/videos",
+                params={"q": title},
+                headers={TOKEN: token},
+            )
+            assert found.status_code == 200, found.text
+            assert [v["id"] for v in found.json()["items"]] == [video["id"]]
+        misses = 0
+        http.cookies.clear()  # the upload's cookie carries the token too (cookies ignore ports)
+        for _ in range(10):
+            plain = http.get(f"{cluster.app_url('metadata')}/api/videos/{video['id']}")
+            misses += plain.status_code == 404
+        assert misses > 0, "without the token the delayed slave should not have the video yet"
+        stream = f"{cluster.app_url('streaming')}/api/videos/{video['id']}/stream"
+        whole = http.get(stream, headers={TOKEN: token})
+        assert whole.status_code == 200 and whole.content == data
+        assert whole.headers["content-type"] == "video/mp4"
+        assert whole.headers["etag"] == f'"{video["sha256"]}"'
+    finally:
+        set_apply_delay(cluster, None)
+
+    size = len(data)
+    for spec, (start, end) in {
+        "bytes=0-99": (0, 99),
+        f"bytes={size // 2}-{size // 2 + 4095}": (size // 2, size // 2 + 4095),
+        "bytes=-500": (size - 500, size - 1),
+        f"bytes={size - 10}-": (size - 10, size - 1),
+        f"bytes=100-{size * 2}": (100, size - 1),
+    }.items():
+        part = http.get(stream, headers={"Range": spec})
+        assert part.status_code == 206, (spec, part.text)
+        assert part.content == data[start : end + 1], spec
+        assert part.headers["content-range"] == f"bytes {start}-{end}/{size}"
+        assert int(part.headers["content-length"]) == end - start + 1
+    etag = whole.headers["etag"]
+    assert http.get(stream, headers={"If-None-Match": etag}).status_code == 304
+    same = http.get(stream, headers={"Range": "bytes=0-9", "If-Range": etag})
+    assert same.status_code == 206 and same.content == data[:10]
+    changed = http.get(stream, headers={"Range": "bytes=0-9", "If-Range": '"other"'})
+    assert changed.status_code == 200 and changed.content == data
+    head = http.head(stream)
+    assert head.status_code == 200 and int(head.headers["content-length"]) == size
+
+
+def test_the_web_port_routes_every_api_and_the_cookie_carries_the_token(
+    cluster: RunningCluster, media: dict[str, Path]
+) -> None:
+    with httpx.Client(timeout=30) as browser_like:  # keeps cookies, like a browser
+        title = f"web {uuid.uuid4().hex[:8]}"
+        created = upload(browser_like, cluster, media["webm"], title=title, base="web")
+        assert created.status_code == 201, created.text
+        cookie = browser_like.cookies.get("consistency_token") or ""
+        assert cookie.strip('"') == created.headers[TOKEN]  # quoted: it holds a slash
+        web = cluster.app_url("web")
+        listed = browser_like.get(f"{web}/api/videos", params={"q": title})
+        assert [v["title"] for v in listed.json()["items"]] == [title]
+        stream = browser_like.get(
+            web + created.json()["stream_url"], headers={"Range": "bytes=0-3"}
+        )
+        assert stream.status_code == 206 and stream.content == b"\x1a\x45\xdf\xa3"
+        page = browser_like.get(f"{web}/")
+        assert page.status_code == 200 and "<video" in page.text
+
+
+def test_bad_input_gets_a_clear_4xx_and_leaves_nothing(
+    cluster: RunningCluster, http: httpx.Client, media: dict[str, Path], tmp_path: Path
+) -> None:
+    up = f"{cluster.app_url('upload')}/api/videos"
+    files_before = stored_files(cluster)
+    count_before = video_count(cluster)
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    text_file = tmp_path / "notes.mp4"
+    text_file.write_text("this is not a video at all\n" * 100)
+    big = tmp_path / "big.mp4"  # just over the 4 MB limit: passes the Content-Length check
+    big.write_bytes(media["mp4"].read_bytes()[:64] + b"\x00" * (4 * 1024 * 1024))
+    huge = tmp_path / "huge.mp4"  # far over: refused from its Content-Length
+    huge.write_bytes(b"\x00" * (6 * 1024 * 1024))
+    cases: list[tuple[httpx.Response, int, str]] = [
+        (http.post(up, files={"title": (None, "no file")}), 400, "no 'file' part"),
+        (http.post(up, data={"title": "a form"}), 415, "multipart/form-data"),
+        (upload(http, cluster, empty, title="empty"), 422, "empty"),
+        (upload(http, cluster, big, title="big"), 413, "larger than the limit"),
+        (upload(http, cluster, huge, title="huge"), 413, "larger than the limit"),
+        (
+            upload(http, cluster, media["mp4"], title="png", content_type="image/png"),
+            415,
+            "not accepted",
+        ),
+        (upload(http, cluster, text_file, title="text"), 415, "does not look like a video"),
+        (
+            http.post(up, content=b"raw bytes", headers={"Content-Type": "video/mp4"}),
+            415,
+            "multipart/form-data",
+        ),
+        (upload(http, cluster, media["mp4"], title=""), 400, "title"),
+        (
+            upload(http, cluster, media["mp4"], title="sha", X_Content_SHA256="0" * 64),
+            422,
+            "SHA-256 mismatch",
+        ),
+        (
+            http.get(f"{cluster.app_url('metadata')}/api/videos/{uuid.uuid4()}"),
+            404,
+            "no video",
+        ),
+        (http.get(f"{cluster.app_url('metadata')}/api/videos/not-an-id"), 404, "UUIDs"),
+        (
+            http.get(f"{cluster.app_url('streaming')}/api/videos/{uuid.uuid4()}/stream"),
+            404,
+            "no video",
+        ),
+        (
+            http.patch(
+                f"{cluster.app_url('metadata')}/api/videos/{uuid.uuid4()}", json={"title": "x"}
+            ),
+            404,
+            "no video",
+        ),
+        (
+            http.get(f"{cluster.app_url('metadata')}/api/videos", headers={TOKEN: "1:zz"}),
+            400,
+            "malformed consistency token",
+        ),
+        (
+            http.get(f"{cluster.app_url('metadata')}/api/videos", params={"limit": 0}),
+            422,
+            "limit",
+        ),
+    ]
+    for response, status, message in cases:
+        assert response.status_code == status, (status, message, response.text)
+        assert message in error_message(response), (message, response.text)
+    assert stored_files(cluster) == files_before, "a refused upload left a file behind"
+    assert video_count(cluster) == count_before, "a refused upload left a row behind"
+
+    created = upload(http, cluster, media["webm"], title="ranges")
+    stream = f"{cluster.app_url('streaming')}{created.json()['stream_url']}"
+    size = created.json()["size_bytes"]
+    for bad in ("bytes=abc", "bytes=5-1", "pages=1-2x", "bytes=-0", f"bytes={size}-"):
+        refused = http.get(stream, headers={"Range": bad})
+        if bad.startswith("pages"):  # another unit: ignored, as RFC 9110 says
+            assert refused.status_code == 200
+            continue
+        assert refused.status_code == 416, (bad, refused.text)
+        assert refused.headers["content-range"] == f"bytes */{size}"
+        assert "Range" in error_message(refused)
+
+
+def test_idempotency_key_returns_the_same_video_and_refuses_another_file(
+    cluster: RunningCluster, http: httpx.Client, media: dict[str, Path]
+) -> None:
+    key = f"k-{uuid.uuid4()}"
+    first = upload(http, cluster, media["mp4"], title="once", key=key)
+    again = upload(http, cluster, media["mp4"], title="once", key=key)
+    assert first.status_code == again.status_code == 201
+    assert again.headers.get("idempotent-replayed") == "true"
+    assert "idempotent-replayed" not in first.headers
+    assert again.json()["id"] == first.json()["id"]
+    other = upload(http, cluster, media["webm"], title="other", key=key)
+    assert other.status_code == 422 and "another file" in error_message(other)
+    with cluster.app_connect(cluster.write_port) as conn:
+        row = conn.execute("SELECT count(*) FROM videos WHERE title = 'once'").fetchone()
+    assert row == (1,)
+
+
+def test_metadata_lists_filters_updates_and_deletes(
+    cluster: RunningCluster, http: httpx.Client, media: dict[str, Path]
+) -> None:
+    tag = f"t{uuid.uuid4().hex[:8]}"
+    meta = f"{cluster.app_url('metadata')}/api/videos"
+    ids = []
+    token = ""
+    for i, (kind, words) in enumerate(
+        [("mp4", "sunset over the harbour"), ("webm", "harbour cranes"), ("mp4", "mountain")]
+    ):
+        created = upload(http, cluster, media[kind], title=f"{words} {i}", tags=f"{tag}, n{i}")
+        assert created.status_code == 201, created.text
+        ids.append(created.json()["id"])
+        token = created.headers[TOKEN]
+    auth = {TOKEN: token}
+    page1 = http.get(meta, params={"tag": tag, "limit": 2, "sort": "oldest"}, headers=auth).json()
+    page2 = http.get(
+        meta, params={"tag": tag, "limit": 2, "offset": 2, "sort": "oldest"}, headers=auth
+    ).json()
+    assert page1["total"] == page2["total"] == 3
+    assert [v["id"] for v in page1["items"] + page2["items"]] == ids
+    harbour = http.get(meta, params={"q": "harbour", "tag": tag}, headers=auth).json()
+    assert {v["id"] for v in harbour["items"]} == set(ids[:2])
+    webm = http.get(meta, params={"tag": tag, "content_type": "video/webm"}, headers=auth).json()
+    assert [v["id"] for v in webm["items"]] == [ids[1]]
+
+    changed = http.patch(f"{meta}/{ids[2]}", json={"title": "glacier", "tags": [tag, "ice"]})
+    assert changed.status_code == 200, changed.text
+    after = http.get(meta, params={"q": "glacier"}, headers={TOKEN: changed.headers[TOKEN]})
+    assert [v["id"] for v in after.json()["items"]] == [ids[2]]
+    assert http.patch(f"{meta}/{ids[2]}", json={}).status_code == 422
+
+    # ids[0] and ids[2] share their bytes: deleting one keeps the file, deleting both removes it.
+    sha = http.get(f"{meta}/{ids[0]}", headers=auth).json()["sha256"]
+    same_bytes = http.get(meta, params={"tag": tag}, headers=auth).json()["items"]
+    sharing = [v for v in same_bytes if v["sha256"] == sha]
+    assert len(sharing) == 2
+    path = cluster.storage / sha[:2] / sha[2:4] / sha
+    others = [
+        row
+        for row in http.get(meta, params={"limit": 100}, headers=auth).json()["items"]
+        if row["sha256"] == sha and row["id"] not in ids
+    ]
+    deleted = http.delete(f"{meta}/{ids[0]}")
+    assert deleted.status_code == 204 and path.exists()
+    gone = http.get(f"{meta}/{ids[0]}", headers={TOKEN: deleted.headers[TOKEN]})
+    assert gone.status_code == 404
+    http.delete(f"{meta}/{ids[2]}")
+    assert path.exists() == bool(others)  # other tests' uploads of the same sample keep it
+
+
+def test_views_are_counted_in_batches(
+    cluster: RunningCluster, http: httpx.Client, media: dict[str, Path]
+) -> None:
+    created = upload(http, cluster, media["webm"], title="views")
+    video = created.json()
+    stream = f"{cluster.app_url('streaming')}{video['stream_url']}"
+    auth = {TOKEN: created.headers[TOKEN]}
+
+    def flushes() -> float:
+        text = http.get(f"{cluster.app_url('streaming')}/metrics").text
+        for line in text.splitlines():
+            if line.startswith("videodb_view_flushes_total "):
+                return float(line.split()[1])
+        raise AssertionError("videodb_view_flushes_total not in /metrics")
+
+    before = flushes()
+    starts = 40
+    for i in range(starts):
+        headers = {**auth, "Range": "bytes=0-1023"} if i % 2 else auth
+        assert http.get(stream, headers=headers).status_code in (200, 206)
+    for _ in range(20):  # the player's later ranges are not views
+        assert http.get(stream, headers={**auth, "Range": "bytes=2048-4095"}).status_code == 206
+
+    def counted() -> bool:
+        row = http.get(
+            f"{cluster.app_url('metadata')}/api/videos/{video['id']}", headers=auth
+        ).json()
+        return bool(row["views"] == starts)
+
+    wait_for(counted, timeout=20, what=f"{starts} views written")
+    writes = flushes() - before
+    assert 1 <= writes < starts / 4, f"{writes} view writes for {starts} views"
+
+
+def test_operations_endpoints_status_logs_and_stopping_the_apps(cluster: RunningCluster) -> None:
+    with httpx.Client(timeout=10) as http:
+        for service in ("upload", "metadata", "streaming"):
+            base = cluster.app_url(service)
+            assert http.get(f"{base}/healthz").json() == {"status": "ok", "service": service}
+            assert http.get(f"{base}/readyz").status_code == 200
+            assert "videodb_http_requests_total" in http.get(f"{base}/metrics").text
+            assert http.get(f"{base}/docs").status_code == 200
+            assert "/api/videos" in str(http.get(f"{base}/openapi.json").json()["paths"])
+        status = cluster.cli_json("status")
+        apps = {s["name"]: s for s in status["services"] if s["role"] == "app"}
+        assert set(apps) == {"upload", "metadata", "streaming"}
+        assert all(s["healthy"] and s["state"] == "RUNNING" for s in apps.values())
+        logs = cluster.cli("logs", "metadata", "-n", "50", check=True)
+        assert "Uvicorn running" in logs.stdout or "GET /" in logs.stdout, logs
+
+        stopped = cluster.cli_json("stop", "apps")
+        assert set(stopped["stopped"]) == {"upload", "metadata", "streaming"}
+        down = cluster.cli_json("status", expect_rc=1)
+        assert {s["name"] for s in down["services"] if not s["healthy"]} == set(apps)
+        refused = http.get(f"{cluster.app_url('web')}/api/videos")
+        assert refused.status_code == 503 and "not running" in error_message(refused)
+
+        # A port taken while the apps were down: a clear refusal, then a clean start.
+        import socket
+
+        with socket.socket() as squatter:
+            squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            squatter.bind(("127.0.0.1", cluster.settings.apps.metadata_port))
+            squatter.listen()
+            blocked = cluster.cli("start", "apps")
+            assert blocked.rc != 0
+            assert f"port {cluster.settings.apps.metadata_port} (metadata app) is in use" in (
+                blocked.stderr
+            ), blocked
+        started = cluster.cli_json("start", "apps")
+        assert all(s["ready"] for s in started["apps"]), started
+        wait_for(
+            lambda: http.get(f"{cluster.app_url('web')}/api/videos").status_code == 200,
+            timeout=10,
+            what="the web port routing to the metadata app again",
+        )
+        assert cluster.cli("status").rc == 0

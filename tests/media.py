@@ -1,0 +1,42 @@
+"""Real small videos for the tests, made with ffmpeg (Debian's package)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+CODECS = {
+    "mp4": ["-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", "-movflags", "+faststart"],
+    "webm": ["-c:v", "libvpx", "-b:v", "300k", "-c:a", "libvorbis"],
+}
+
+
+def make_video(path: Path, seconds: float = 2.0, size: str = "320x240") -> Path:
+    """A test pattern with a tone, in the container `path`'s suffix names (.mp4 or .webm)."""
+    ffmpeg = shutil.which("ffmpeg")
+    if ffmpeg is None:
+        raise RuntimeError(
+            "ffmpeg not found: the tests make real videos with it; 'platform.sh test' installs "
+            "it as root, or: apt-get install -y ffmpeg"
+        )
+    argv = [
+        ffmpeg,
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-y",
+        "-f",
+        "lavfi",
+        "-i",
+        f"testsrc=duration={seconds}:size={size}:rate=25",
+        "-f",
+        "lavfi",
+        "-i",
+        f"sine=frequency=440:duration={seconds}",
+        *CODECS[path.suffix.lstrip(".")],
+        "-shortest",
+        str(path),
+    ]
+    subprocess.run(argv, check=True, capture_output=True, timeout=120)
+    return path
