@@ -9,13 +9,17 @@ from __future__ import annotations
 import json
 import threading
 import time
+import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 
 from tests.integration.harness import RunningCluster, cluster_lifecycle
+from tests.media import make_video
 from videodb.cluster.drill import node_down
 from videodb.cluster.haproxy_admin import set_server_state
 from videodb.cluster.health import check_health
@@ -212,4 +216,94 @@ def test_remove_replica_drains_without_failed_reads(sync_cluster: RunningCluster
     assert name not in {n.name for n in c.settings.nodes}
     servers = {s["server"] for s in c.cli_json("haproxy-stats")["servers"]}
     assert name not in servers
+    wait_healthy(c)
+
+
+def _multipart(title: str, data: bytes, boundary: str) -> tuple[bytes, bytes, bytes]:
+    """A multipart/form-data body in three pieces: head, file bytes, tail."""
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="title"\r\n\r\n{title}\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="v.mp4"\r\n'
+        "Content-Type: video/mp4\r\n\r\n"
+    ).encode()
+    return head, data, f"\r\n--{boundary}--\r\n".encode()
+
+
+def test_upload_through_a_master_failover_gives_one_video(
+    sync_cluster: RunningCluster, tmp_path: Path
+) -> None:
+    """The master dies while an upload is half sent. The client, which cannot know whether its
+    upload was recorded, retries with the same Idempotency-Key until it gets an answer: there is
+    exactly one video, every answer names it, and its bytes stream back intact."""
+    c = sync_cluster
+    data = make_video(tmp_path / "failover.mp4", seconds=3).read_bytes()
+    title = f"failover {uuid.uuid4().hex[:8]}"
+    boundary = uuid.uuid4().hex
+    head, _, tail = _multipart(title, data, boundary)
+    headers = {
+        "Content-Type": f"multipart/form-data; boundary={boundary}",
+        "Idempotency-Key": f"failover-{uuid.uuid4()}",
+    }
+    url = f"{c.app_url('upload')}/api/videos"
+    halfway = threading.Event()
+    resume = threading.Event()
+
+    def slow_body() -> Iterator[bytes]:
+        yield head
+        yield data[: len(data) // 2]
+        halfway.set()
+        resume.wait(timeout=120)
+        yield data[len(data) // 2 :]
+        yield tail
+
+    answers: list[httpx.Response | Exception] = []
+
+    def post(body: bytes | Iterator[bytes]) -> httpx.Response | Exception:
+        try:
+            with httpx.Client(timeout=httpx.Timeout(10, read=15)) as client:
+                return client.post(url, content=body, headers=headers)
+        except httpx.HTTPError as exc:  # a timeout: the client does not know what happened
+            return exc
+
+    first = threading.Thread(target=lambda: answers.append(post(slow_body())), daemon=True)
+    first.start()
+    assert halfway.wait(timeout=30)
+    api = PatroniAPI(c.settings)
+    master = api.leader()
+    assert master is not None
+    with node_down(c.layout, master.name):
+        resume.set()  # the rest of the file arrives; its write meets a dead master
+
+        def new_leader() -> bool:
+            leader = api.leader()
+            return leader is not None and leader.name != master.name
+
+        wait_for(new_leader, timeout=90, what="a new master")
+    first.join(timeout=120)
+
+    def retried() -> httpx.Response | None:
+        answer = post(head + data + tail)
+        answers.append(answer)
+        if isinstance(answer, httpx.Response) and answer.status_code == 201:
+            return answer
+        return None
+
+    final = wait_for(retried, timeout=120, interval=1, what="the upload accepted")
+    accepted = [a for a in answers if isinstance(a, httpx.Response) and a.status_code == 201]
+    refused = [a for a in answers if isinstance(a, httpx.Response) and a.status_code != 201]
+    assert all(a.status_code == 503 for a in refused), [a.text for a in refused]
+    assert {a.json()["id"] for a in accepted} == {final.json()["id"]}
+    with c.app_connect(c.write_port) as conn:
+        row = conn.execute("SELECT count(*) FROM videos WHERE title = %s", (title,)).fetchone()
+    assert row == (1,), f"{row} videos for one upload; answers: {answers}"
+    again = post(head + data + tail)  # once more, after the dust settled: the stored answer
+    assert isinstance(again, httpx.Response) and again.status_code == 201
+    assert again.headers.get("idempotent-replayed") == "true"
+    assert again.json()["id"] == final.json()["id"]
+    stream = c.app_url("streaming") + final.json()["stream_url"]
+    with httpx.Client(timeout=30) as client:
+        got = client.get(
+            stream, headers={"X-Consistency-Token": final.headers["X-Consistency-Token"]}
+        )
+    assert got.status_code == 200 and got.content == data
     wait_healthy(c)
