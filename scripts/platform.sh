@@ -28,6 +28,33 @@ service_user_can_reach() {
   runuser -u postgres -- test -x "$path" 2>/dev/null
 }
 
+install_packages() {
+  local what=$1
+  shift
+  local missing=("$@")
+  ((${#missing[@]} == 0)) && return 0
+  if ! is_root; then
+    say "missing Debian packages ($what): ${missing[*]}"
+    say "install them with: sudo apt-get update && sudo apt-get install -y ${missing[*]}"
+    exit 2
+  fi
+  say "installing Debian packages ($what): ${missing[*]} (apt-get; this takes a minute)"
+  export DEBIAN_FRONTEND=noninteractive
+  if ! apt-get update -qq >&2 || ! apt-get install -y -qq "${missing[@]}" >&2; then
+    say "apt-get install ${missing[*]} failed; see the lines above, fix the package sources and run again"
+    exit 2
+  fi
+}
+
+# What only the tests need: ffmpeg makes real videos, Chromium plays them in the browser test.
+ensure_test_packages() {
+  local missing=()
+  command -v ffmpeg >/dev/null 2>&1 || missing+=(ffmpeg)
+  [[ -x /usr/bin/chromium ]] || missing+=(chromium)
+  [[ -x /usr/bin/chromedriver ]] || missing+=(chromium-driver)
+  install_packages "for the tests" "${missing[@]}"
+}
+
 ensure_system_packages() {
   local missing=()
   [[ -x $PG_BIN/postgres && -x $PG_BIN/pg_basebackup ]] || missing+=(postgresql-15)
@@ -38,17 +65,7 @@ ensure_system_packages() {
     missing+=(python3-venv)
   fi
   ((${#missing[@]} == 0)) && return 0
-  if ! is_root; then
-    say "missing Debian packages: ${missing[*]}"
-    say "install them with: sudo apt-get update && sudo apt-get install -y ${missing[*]}"
-    exit 2
-  fi
-  say "installing Debian packages: ${missing[*]} (apt-get; this takes a minute)"
-  export DEBIAN_FRONTEND=noninteractive
-  if ! apt-get update -qq >&2 || ! apt-get install -y -qq "${missing[@]}" >&2; then
-    say "apt-get install ${missing[*]} failed; see the lines above, fix the package sources and run again"
-    exit 2
-  fi
+  install_packages "for the platform" "${missing[@]}"
   # Debian enables the packaged services; this project runs its own instances instead.
   for svc in haproxy etcd; do
     if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$svc" 2>/dev/null; then
@@ -58,19 +75,37 @@ ensure_system_packages() {
 }
 
 choose_venv() {
+  EDITABLE=1
   if [[ -n ${VIDEODB_VENV:-} ]]; then
     VENV=$VIDEODB_VENV
   elif service_user_can_reach "$ROOT"; then
     VENV=$ROOT/.venv
   else
-    # PostgreSQL's user must execute Patroni from this environment; the checkout is closed to it.
+    # PostgreSQL's user runs Patroni and the applications from this environment, and the
+    # checkout is closed to it: the environment lives elsewhere and holds a copy of the code.
     VENV=/var/lib/videodb/venv-$(printf '%s' "$ROOT" | sha256sum | cut -c1-12)
+    EDITABLE=0
   fi
+}
+
+# What the environment was built from: pyproject.toml, and the code itself when it is a copy.
+venv_stamp() {
+  {
+    cat "$ROOT/pyproject.toml"
+    if ((EDITABLE == 0)); then
+      (cd "$ROOT" && find src -type f ! -path '*/__pycache__/*' -print0 | sort -z | xargs -0 sha256sum)
+    fi
+  } | sha256sum | cut -d' ' -f1
+}
+
+pip_failed() {
+  say "pip install into $VENV failed; see the lines above (is the package index reachable?)"
+  exit 2
 }
 
 ensure_venv() {
   local stamp_file=$VENV/.videodb-stamp stamp
-  stamp=$(cat "$ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1)
+  stamp=$(venv_stamp)
   if [[ -x $VENV/bin/videodb && -f $stamp_file && $(cat "$stamp_file") == "$stamp" ]]; then
     return 0
   fi
@@ -79,9 +114,14 @@ ensure_venv() {
   if [[ ! -x $VENV/bin/python ]]; then
     "$SYS_PYTHON" -m venv "$VENV" >&2
   fi
-  if ! "$VENV/bin/pip" install --quiet --disable-pip-version-check -e "$ROOT[dev]" >&2; then
-    say "pip install into $VENV failed; see the lines above (is the package index reachable?)"
-    exit 2
+  local pip=("$VENV/bin/pip" install --quiet --disable-pip-version-check)
+  if ((EDITABLE == 1)); then
+    "${pip[@]}" -e "$ROOT[dev]" >&2 || pip_failed
+  else
+    # A copy of the code: the dependencies, then this project again even if its version is
+    # unchanged (the stamp says the code changed).
+    "${pip[@]}" "$ROOT[dev]" >&2 || pip_failed
+    "${pip[@]}" --no-deps --force-reinstall "$ROOT" >&2 || pip_failed
   fi
   printf '%s\n' "$stamp" >"$stamp_file"
   if is_root; then chmod -R a+rX "$VENV"; fi
@@ -111,6 +151,7 @@ main() {
   ensure_venv
   if [[ ${1:-} == test ]]; then
     shift
+    ensure_test_packages
     run_tests "$@"
     return
   fi
