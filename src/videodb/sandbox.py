@@ -80,14 +80,16 @@ class Sandbox:
 
 
 @contextmanager
-def sandbox(prefix: str = "videodb-", extra: str = "", keep: bool = False) -> Iterator[Sandbox]:
+def sandbox(
+    prefix: str = "videodb-", extra: str = "", keep: bool = False, apps: str = ""
+) -> Iterator[Sandbox]:
     """Config and directories for a platform of its own; removed afterwards unless `keep`.
 
     Starting and stopping it is the caller's business (the state directory must be stopped
     before it is removed).
     """
     workdir = make_workdir(prefix)
-    config_file = write_sandbox_config(workdir, extra)
+    config_file = write_sandbox_config(workdir, extra, apps)
     settings = load_settings(config_file, env={}, require_file=True).settings
     try:
         yield Sandbox(workdir, config_file, settings, StateLayout(workdir / "state"))

@@ -33,7 +33,12 @@ def test_status_lists_every_process_with_role_pid_port(cluster: RunningCluster) 
         "postgres-video-master",
         "postgres-video-slave",
         "haproxy-postgres",
+        "upload",
+        "metadata",
+        "streaming",
     }
+    assert {by_name[a]["role"] for a in ("upload", "metadata", "streaming")} == {"app"}
+    assert by_name["upload"]["ports"] == {"http": cluster.settings.apps.upload_port}
     assert by_name["postgres-video-master"]["role"] == "primary"
     assert by_name["postgres-video-slave"]["role"] == "replica"
     assert by_name["postgres-video-master"]["ports"]["postgres"] == cluster.master
