@@ -173,11 +173,14 @@ def main() -> None:
             )
             static_url = f"http://{host}:{static_port}/{sha[:2]}/{sha[2:4]}/{sha}"
             with httpx.Client(timeout=300) as client:
-                wait_for(
-                    lambda: client.head(static_url).status_code == 200,
-                    timeout=20,
-                    what="the static file server",
-                )
+
+                def static_up() -> bool:
+                    try:
+                        return client.head(static_url).status_code == 200
+                    except httpx.TransportError:
+                        return False
+
+                wait_for(static_up, timeout=20, what="the static file server")
                 print(f"whole-file GET of {args.size_mb} MiB, median of {args.runs}:")
                 rates = {}
                 for name, url in (("static file server", static_url), ("streaming", stream_url)):

@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from sqlalchemy import text
 from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from videodb.db import DataLayer, WriteInDoubtError
 from videodb.db.layer import DB_ERRORS
@@ -47,12 +48,42 @@ def _validation_message(exc: RequestValidationError) -> str:
     return "invalid request: " + "; ".join(parts)
 
 
-def _route_template(request: Request) -> str:
-    for route in request.app.router.routes:
-        match, _ = route.matches(request.scope)
+def _route_template(scope: Scope) -> str:
+    for route in scope["app"].router.routes:
+        match, _ = route.matches(scope)
         if match is Match.FULL:
             return str(getattr(route, "path", "?"))
     return "unmatched"
+
+
+class _Measure:
+    """Requests and time to the response's headers, by route and status. Plain ASGI: Starlette's
+    BaseHTTPMiddleware would pass every streamed body through an extra memory stream."""
+
+    def __init__(
+        self, app: ASGIApp, *, service: str, requests: Counter, latency: Histogram
+    ) -> None:
+        self.app = app
+        self.service = service
+        self.requests = requests
+        self.latency = latency
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        began = time.perf_counter()
+        status = [500]
+
+        async def measured_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+                route = _route_template(scope)
+                self.latency.labels(self.service, route).observe(time.perf_counter() - began)
+                self.requests.labels(self.service, scope["method"], route, str(status[0])).inc()
+            await send(message)
+
+        await self.app(scope, receive, measured_send)
 
 
 def create_app(
@@ -104,16 +135,7 @@ def create_app(
         buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
     )
 
-    @app.middleware("http")
-    async def measure(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        began = time.perf_counter()
-        response = await call_next(request)
-        route = _route_template(request)
-        latency.labels(service, route).observe(time.perf_counter() - began)
-        requests.labels(service, request.method, route, str(response.status_code)).inc()
-        return response
+    app.add_middleware(_Measure, service=service, requests=requests, latency=latency)
 
     @app.exception_handler(HTTPException)
     async def http_error(_: Request, exc: HTTPException) -> JSONResponse:

@@ -100,7 +100,7 @@ class FormStream:
     def _part_data(self, data: bytes, start: int, end: int) -> None:
         if self._is_file:
             assert self.pending is not None
-            self.pending.write(data[start:end])
+            self.pending.write(memoryview(data)[start:end])  # no copy of the chunk
             return
         self._value += data[start:end]
         if len(self._value) > MAX_FIELD_BYTES:

@@ -79,13 +79,13 @@ class PendingFile:
         self._out = os.fdopen(fd, "wb")
         self.result: StoredFile | None = None
 
-    def write(self, chunk: bytes) -> None:
+    def write(self, chunk: bytes | memoryview) -> None:
         self.size += len(chunk)
         if self.size > self.store.max_bytes:
             limit = self.store.max_bytes
             raise StorageError(f"file is larger than the limit of {limit} bytes", 413)
         if len(self._head) < 16:
-            self._head += chunk[: 16 - len(self._head)]
+            self._head += bytes(chunk[: 16 - len(self._head)])
         self._digest.update(chunk)
         self._out.write(chunk)
 

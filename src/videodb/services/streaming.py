@@ -4,6 +4,9 @@ If-None-Match and If-Range; views are counted and written in batches."""
 from __future__ import annotations
 
 import os
+import time
+import uuid
+from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -29,6 +32,32 @@ uploading it. A view is counted for each request that starts at byte 0."""
 CHUNK = 256 * 1024
 
 
+class RecentVideos:
+    """What a stream needs of a video (digest, size, type: none of them ever changes), kept for
+    `ttl_s` so that a player's burst of range requests costs one database read, not one each.
+
+    A video deleted meanwhile streams for at most `ttl_s` more, and only while its bytes are
+    still stored (they go at once unless another video shares them).
+    """
+
+    def __init__(self, ttl_s: float = 5.0, max_entries: int = 10_000) -> None:
+        self.ttl_s = ttl_s
+        self.max_entries = max_entries
+        self._entries: OrderedDict[uuid.UUID, tuple[float, VideoOut]] = OrderedDict()
+
+    def get(self, video_id: uuid.UUID) -> VideoOut | None:
+        entry = self._entries.get(video_id)
+        if entry is None or time.monotonic() - entry[0] > self.ttl_s:
+            return None
+        return entry[1]
+
+    def put(self, video: VideoOut) -> None:
+        self._entries[video.id] = (time.monotonic(), video)
+        self._entries.move_to_end(video.id)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+
 class FileSlice(Response):
     """Sends bytes [start, start+length) of a file, read in chunks off the event loop."""
 
@@ -47,17 +76,20 @@ class FileSlice(Response):
         if scope["method"] == "HEAD" or self.length == 0:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             return
-        remaining = self.length
-        async with await anyio.open_file(self.path, "rb") as f:
-            await f.seek(self.start)
-            while remaining > 0:
-                chunk = await f.read(min(CHUNK, remaining))
+        # pread in a worker thread: one hop per chunk (a player's typical range is one chunk).
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            offset, end = self.start, self.start + self.length
+            while offset < end:
+                chunk = await anyio.to_thread.run_sync(
+                    os.pread, fd, min(CHUNK, end - offset), offset
+                )
                 if not chunk:
                     raise RuntimeError(f"{self.path} is shorter than its recorded size")
-                remaining -= len(chunk)
-                await send(
-                    {"type": "http.response.body", "body": chunk, "more_body": remaining > 0}
-                )
+                offset += len(chunk)
+                await send({"type": "http.response.body", "body": chunk, "more_body": offset < end})
+        finally:
+            os.close(fd)
 
 
 def build_app(config: AppConfig, layer: DataLayer | None = None) -> FastAPI:
@@ -73,6 +105,7 @@ def build_app(config: AppConfig, layer: DataLayer | None = None) -> FastAPI:
         on_shutdown=[views.stop],
     )
     app.state.views = views
+    recent = RecentVideos()
 
     @app.api_route(
         "/api/videos/{video_id}/stream",
@@ -91,9 +124,12 @@ def build_app(config: AppConfig, layer: DataLayer | None = None) -> FastAPI:
     async def stream(video_id: str, request: Request) -> Response:
         vid = parse_id(video_id)
         token = request_token(request)
-        video = await run_in_threadpool(
-            layer.read, lambda session: VideoOut.of(get_video(session, vid)), token
-        )
+        video = recent.get(vid)
+        if video is None:
+            video = await run_in_threadpool(
+                layer.read, lambda session: VideoOut.of(get_video(session, vid)), token
+            )
+            recent.put(video)
         path = store.path_for(video.sha256)
         try:
             size = os.stat(path).st_size
