@@ -149,6 +149,13 @@ class AppsSpec(_Strict):
     autostart: bool = True  # 'start video' starts the applications after the cluster
 
 
+class BackupSpec(_Strict):
+    """The backup repository: base backups, dumps, and the continuous WAL archive."""
+
+    repo_dir: Path | None = None  # default: backups/ in the state directory
+    archive_timeout_s: Annotated[int, Field(ge=0, le=86_400)] = 60  # 0: switch only when full
+
+
 def _default_nodes() -> list[NodeSpec]:
     return [
         NodeSpec(name="postgres-video-master", port=5433, api_port=8008),
@@ -170,6 +177,7 @@ class Settings(_Strict):
     patroni: PatroniSpec = Field(default_factory=PatroniSpec)
     postgresql: PostgresSpec = Field(default_factory=PostgresSpec)
     apps: AppsSpec = Field(default_factory=AppsSpec)
+    backup: BackupSpec = Field(default_factory=BackupSpec)
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:

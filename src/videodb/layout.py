@@ -123,6 +123,10 @@ class StateLayout:
     def haproxy_config(self) -> Path:
         return self.conf / "haproxy.cfg"
 
+    def archive_script(self) -> Path:
+        """PostgreSQL's archive_command (0755)."""
+        return self.conf / "archive-wal.sh"
+
     def apps_config(self) -> Path:
         """What the applications run with (database password included): 0600."""
         return self.conf / "apps.json"

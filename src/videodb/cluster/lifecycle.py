@@ -10,6 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from videodb.backups.archive import archive_script
+from videodb.backups.repo import repo_for
 from videodb.cluster import render
 from videodb.cluster.ha import apply_dynamic_config, is_paused
 from videodb.cluster.health import (
@@ -73,6 +75,21 @@ def is_fresh(settings: Settings, layout: StateLayout) -> bool:
     return not any((layout.node_data(n.name) / "PG_VERSION").exists() for n in settings.nodes)
 
 
+def nodes_to_hold_back(settings: Settings, layout: StateLayout) -> frozenset[str]:
+    """Nodes to start only once a primary leads, so that they clone from it.
+
+    A new cluster is bootstrapped by the first node (the guide's master) alone. In an existing
+    cluster the nodes with data start together, so that Patroni elects the most advanced one and
+    no acknowledged write is rewound away; a node without data (after a restore, or added) waits,
+    or with an empty DCS it could bootstrap a cluster of its own.
+    """
+    if is_fresh(settings, layout):
+        return frozenset(n.name for n in settings.nodes[1:])
+    return frozenset(
+        n.name for n in settings.nodes if not (layout.node_data(n.name) / "PG_VERSION").exists()
+    )
+
+
 def prepare_state(
     settings: Settings,
     layout: StateLayout,
@@ -83,9 +100,21 @@ def prepare_state(
     """Create the directories and (re)write every generated file from the settings."""
     layout.root.mkdir(parents=True, exist_ok=True)
     os.chmod(layout.root, 0o755)
-    for public in (layout.conf, layout.logs, layout.run, layout.backups):
+    for public in (layout.conf, layout.logs, layout.run):
         public.mkdir(parents=True, exist_ok=True)
     os.chmod(layout.conf, 0o755)
+    # The WAL archive is written by PostgreSQL's OS user, on every node (archive_mode = always).
+    repo = repo_for(settings, layout)
+    try:
+        repo.ensure(None if user.is_current else user.uid, None if user.is_current else user.gid)
+    except OSError as exc:
+        raise ClusterError(
+            f"backup repository {repo.root} cannot be prepared for the '{user.name}' user "
+            f"({exc.strerror}); choose another with --set backup.repo_dir=PATH"
+        ) from exc
+    script = layout.archive_script()
+    script.write_text(archive_script(repo), encoding="utf-8")
+    os.chmod(script, 0o755)
     _own(layout.data, user, 0o700)
     _own(layout.service_run, user, 0o700)
     for node in settings.nodes:
@@ -142,11 +171,8 @@ def start(
     user = service_user()
     progress("checking ports and binaries")
     tools = check_prerequisites(settings, layout, user)
-    # A new cluster is bootstrapped by the first node (the guide's master); the others start
-    # once it leads and clone from it. An existing cluster starts all nodes together, so that
-    # Patroni elects the most advanced one and no acknowledged write is rewound away.
     fresh = is_fresh(settings, layout)
-    held_back = frozenset(n.name for n in settings.nodes[1:]) if fresh else frozenset()
+    held_back = nodes_to_hold_back(settings, layout)
     progress(f"writing configuration under {layout.root}")
     secrets = prepare_state(settings, layout, user, tools, held_back)
     validate_haproxy(tools, layout)
@@ -154,7 +180,9 @@ def start(
     supervisor = start_supervisord(layout)
     deadline = began + timeout
     try:
-        _wait_cluster(settings, layout, secrets, deadline, progress, supervisor, held_back)
+        _wait_cluster(
+            settings, layout, secrets, deadline, progress, supervisor, held_back, fresh=fresh
+        )
     except TimeoutExpired as exc:
         raise TimeoutExpired(
             f"{exc}; the platform is left running for inspection: see 'platform.sh status' and "
@@ -176,6 +204,8 @@ def _wait_cluster(
     progress: Progress,
     supervisor: Supervisor,
     held_back: frozenset[str],
+    *,
+    fresh: bool,
 ) -> None:
     logs = layout.logs
     progress("waiting for etcd")
@@ -186,7 +216,7 @@ def _wait_cluster(
         hint=f"see {logs / 'etcd.log'}",
     )
     api = PatroniAPI(settings, secrets.api_password)
-    if not held_back:
+    if not fresh:
         # A cluster stopped in maintenance mode would not start its postgres: resume first;
         # the configured failover mode is applied again once the cluster is healthy.
         wait_for(

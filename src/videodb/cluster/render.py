@@ -9,6 +9,7 @@ from typing import Any
 
 import yaml
 
+from videodb.backups.archive import archive_parameters
 from videodb.config import NodeSpec, Settings
 from videodb.layout import ServiceUser, StateLayout
 from videodb.secrets import ClusterSecrets
@@ -83,6 +84,7 @@ def patroni_config(
         "log_file_mode": "0640",
         "log_line_prefix": "%m [%p] %q%u@%d ",
         "log_connections": "on",
+        **archive_parameters(layout.archive_script(), settings.backup.archive_timeout_s),
     }
     return {
         "scope": p.scope,
