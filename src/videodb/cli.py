@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -17,9 +18,15 @@ from rich.console import Console
 from rich.markup import escape
 
 from videodb import __version__, render_text
+from videodb.backups import logical as backups_logical
+from videodb.backups import physical as backups_physical
+from videodb.backups import prune as backups_prune
+from videodb.backups import restore as backups_restore
+from videodb.backups import verify as backups_verify
+from videodb.backups.progress import size
+from videodb.backups.repo import repo_for
 from videodb.cluster import (
     apps,
-    backup,
     drill,
     ha,
     lifecycle,
@@ -573,21 +580,204 @@ def failover_test(
 
 
 @app.command("backup-video")
-def backup_video(ctx: typer.Context, as_json: JsonOpt = False) -> None:
-    """pg_dump (custom format) of video_platform from the master into backups/."""
+def backup_video(
+    ctx: typer.Context,
+    physical: Annotated[
+        bool,
+        typer.Option(
+            "--physical",
+            help="A base backup (pg_basebackup) for point-in-time recovery, instead of the "
+            "guide's logical dump.",
+        ),
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Back up from the master into the repository: a pg_dump of video_platform (the guide's),
+    or with --physical a base backup. Progress on stderr; 'backup list' shows them."""
     c = _ctx(ctx)
-    result = backup.dump_database(c.settings(), c.layout())
+    layout = c.layout()
+    progress = _progress(as_json)
+    secrets = load_secrets(layout)
+    if physical:
+        info = backups_physical.take_base_backup(c.settings(), layout, secrets, progress=progress)
+    else:
+        info = backups_logical.dump_database(c.settings(), layout, secrets, progress=progress)
+    path = repo_for(c.settings(), layout).data_path(info)
+    if as_json:
+        _print_json({**info.as_dict(), "path": str(path)})
+    else:
+        out.print(
+            f"{info.id}  {info.kind}  {size(info.size_bytes)} from {info.source}  {path}",
+            highlight=False,
+        )
+
+
+backup_app = typer.Typer(help="The backup repository: list, verify, prune.", no_args_is_help=True)
+app.add_typer(backup_app, name="backup")
+
+
+@backup_app.command("list")
+def backup_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """Every backup: id, kind, start and end (time and LSN), size, verified or not."""
+    c = _ctx(ctx)
+    repo = repo_for(c.settings(), c.layout())
+    infos = repo.all()
+    wal = repo.wal_bytes() if repo.wal.is_dir() else 0
     if as_json:
         _print_json(
-            {
-                "path": str(result.path),
-                "size_bytes": result.size_bytes,
-                "source": result.source,
-                "elapsed_s": round(result.elapsed_s, 3),
-            }
+            {"repo": str(repo.root), "wal_bytes": wal, "backups": [i.as_dict() for i in infos]}
+        )
+        return
+    out.print(render_text.backups_table(infos, str(repo.root), wal))
+
+
+@backup_app.command("verify")
+def backup_verify(
+    ctx: typer.Context,
+    backup_id: Annotated[str, typer.Argument(help="A backup id from 'backup list'.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Checksums (pg_verifybackup, or the dump's SHA-256), then a real restore into a throwaway
+    instance that must start and answer queries. Exit 1 when the backup is damaged."""
+    c = _ctx(ctx)
+    try:
+        info = backups_verify.verify_backup(
+            c.settings(), c.layout(), backup_id, progress=_progress(as_json)
+        )
+    except backups_verify.CorruptBackupError as exc:
+        if as_json:
+            _print_json({"id": backup_id, "verified": False, "detail": str(exc)})
+        err.print(f"[bold red]damaged:[/] {escape(str(exc))}", highlight=False)
+        raise typer.Exit(1) from exc
+    if as_json:
+        _print_json(info.as_dict())
+    else:
+        out.print(f"{info.id} verified: {info.verify_detail}", highlight=False)
+
+
+@backup_app.command("prune")
+def backup_prune(
+    ctx: typer.Context,
+    keep: Annotated[int, typer.Option("--keep", help="Backups of each kind to keep (newest).")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Delete all but the newest --keep backups of each kind, and the archived WAL that only
+    older base backups needed."""
+    c = _ctx(ctx)
+    result = backups_prune.prune(c.settings(), repo_for(c.settings(), c.layout()), keep)
+    if as_json:
+        _print_json(asdict(result))
+    else:
+        out.print(
+            f"deleted {len(result.deleted)} backup(s), kept {len(result.kept)}; archived WAL "
+            f"{size(result.wal_before)} -> {size(result.wal_after)}"
+            + (f" (from {result.oldest_wal_kept} on)" if result.oldest_wal_kept else ""),
+            highlight=False,
+        )
+
+
+def _parse_time(value: str) -> datetime:
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise ConfigError(
+            f"--time {value!r} is not an ISO 8601 time; e.g. 2026-11-26T10:15:00+00:00"
+        ) from exc
+    return parsed if parsed.tzinfo else parsed.astimezone()
+
+
+@app.command()
+def restore(
+    ctx: typer.Context,
+    backup_id: Annotated[
+        str,
+        typer.Argument(
+            help="A backup id from 'backup list', or 'latest': the newest base backup (that "
+            "started before --time, when given)."
+        ),
+    ],
+    at_time: Annotated[
+        str | None,
+        typer.Option("--time", help="Physical: recover to this time (ISO 8601; local if no zone)."),
+    ] = None,
+    lsn: Annotated[str | None, typer.Option("--lsn", help="Physical: recover to this LSN.")] = None,
+    latest: Annotated[
+        bool, typer.Option("--latest", help="Physical: recover to the end of the WAL archive.")
+    ] = False,
+    database: Annotated[
+        str | None,
+        typer.Option(
+            "--database", help="Logical: the database to restore into (default: the one dumped)."
+        ),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Do not ask before replacing data.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Restore a backup. A dump goes into a database (through a temporary one, then swapped);
+    a base backup is recovered to --time, --lsn or --latest beside the running cluster, then
+    becomes the master that the other nodes clone from. What is replaced is set aside, not
+    deleted; a damaged backup or an unreachable target changes nothing."""
+    c = _ctx(ctx)
+    settings = c.settings()
+    layout = c.layout()
+    repo = repo_for(settings, layout)
+    if sum(1 for given in (at_time is not None, lsn is not None, latest) if given) > 1:
+        raise ConfigError("give at most one of --time, --lsn and --latest")
+    when = _parse_time(at_time) if at_time else None
+    if backup_id == "latest":
+        physical = [i for i in repo.all() if i.kind == "physical"]
+        if when is not None:
+            physical = [i for i in physical if datetime.fromisoformat(i.started_at) <= when]
+        if not physical:
+            raise ConfigError(
+                "no base backup to restore from"
+                + (f" that started before {at_time}" if when else "")
+                + "; take one with 'platform.sh backup-video --physical'"
+            )
+        info = physical[-1]
+    else:
+        info = repo.get(backup_id)
+    if info.kind == "logical" and (when is not None or lsn or latest):
+        raise ConfigError(
+            f"{info.id} is a logical dump: --time, --lsn and --latest need a base backup"
+        )
+    if info.kind == "physical" and database:
+        raise ConfigError(
+            f"{info.id} is a base backup: it restores the whole cluster, not --database"
+        )
+    progress = _progress(as_json)
+    if info.kind == "logical":
+        target_db = database or info.database or settings.database.name
+        if not force:
+            typer.confirm(
+                f"Restore dump {info.id} into database {target_db}? An existing {target_db} is "
+                "renamed aside (its connections are closed).",
+                abort=True,
+            )
+        result = backups_restore.restore_logical(
+            settings, layout, info, database, progress=progress
         )
     else:
-        out.print(f"{result.path}  {result.size_bytes} bytes (from {result.source})")
+        target = backups_restore.RecoveryTarget(time=when, lsn=lsn)
+        if not force:
+            typer.confirm(
+                f"Restore base backup {info.id} to {target.describe()} as the new master? The "
+                "platform stops for the swap; every node's current data is moved aside.",
+                abort=True,
+            )
+        result = backups_restore.restore_physical(settings, layout, info, target, progress=progress)
+    if as_json:
+        _print_json(asdict(result))
+    else:
+        out.print(
+            f"restored {result.backup_id} ({result.kind}, to {result.target}) into "
+            f"{result.restored_to} in {result.elapsed_s:.1f} s"
+            + (f"; reached {result.reached}" if result.reached else "")
+            + (f"; the replaced data is in {result.set_aside}" if result.set_aside else ""),
+            highlight=False,
+        )
 
 
 @app.command()

@@ -42,6 +42,20 @@ def service_user() -> ServiceUser:
     return ServiceUser(entry.pw_name, entry.pw_uid, entry.pw_gid)
 
 
+def as_user(user: ServiceUser, argv: list[str]) -> list[str]:
+    """`argv` run as `user` (through runuser when that is not who we are)."""
+    return argv if user.is_current else ["runuser", "-u", user.name, "--", *argv]
+
+
+def chown_tree(path: Path, user: ServiceUser) -> None:
+    if user.is_current:
+        return
+    os.chown(path, user.uid, user.gid)
+    for root, dirs, files in os.walk(path):
+        for name in dirs + files:
+            os.chown(os.path.join(root, name), user.uid, user.gid, follow_symlinks=False)
+
+
 def traversable_by(user: ServiceUser, path: Path) -> bool:
     """True when `user` can reach `path` through every directory above it (mode bits only)."""
     if user.uid == 0 or user.is_current:

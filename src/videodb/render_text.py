@@ -7,6 +7,8 @@ from typing import Any
 
 from rich.table import Table
 
+from videodb.backups.progress import size
+from videodb.backups.repo import BackupInfo
 from videodb.cluster.drill import DrillReport
 from videodb.cluster.haproxy_stats import ServerStatus
 from videodb.cluster.replication import ReplicationReport
@@ -132,5 +134,27 @@ def drill_table(report: DrillReport) -> Table:
         table.caption = (
             f"write downtime median {w['median']:.2f} s, worst {w['worst']:.2f} s; "
             f"read downtime median {rd['median']:.2f} s, worst {rd['worst']:.2f} s"
+        )
+    return table
+
+
+def backups_table(infos: list[BackupInfo], repo: str, wal_bytes: int) -> Table:
+    table = Table(title=f"backups in {repo}; archived WAL {size(wal_bytes)}", title_justify="left")
+    for column in ("id", "kind", "started", "finished", "start LSN", "end LSN", "size", "verified"):
+        table.add_column(column)
+    for i in infos:
+        if i.verified is None:
+            verified = "not yet"
+        else:
+            verified = f"{'[green]yes' if i.verified else '[red]FAILED'}[/] {i.verified_at or ''}"
+        table.add_row(
+            i.id,
+            i.kind if i.kind == "physical" else f"logical ({i.database})",
+            i.started_at,
+            i.finished_at,
+            i.start_lsn or "-",
+            i.end_lsn or "-",
+            size(i.size_bytes),
+            verified,
         )
     return table

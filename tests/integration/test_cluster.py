@@ -277,7 +277,7 @@ def test_backup_video_writes_a_restorable_dump(cluster: RunningCluster) -> None:
         conn.execute("CREATE TABLE IF NOT EXISTS backup_check (id int)")
     result = cluster.cli_json("backup-video")
     path = Path(result["path"])
-    assert path.parent == cluster.layout.backups
+    assert path.parent == cluster.layout.backups / "dumps"
     assert path.stat().st_size == result["size_bytes"] > 0
     listing = subprocess.run(
         [str(cluster.settings.postgresql.bin_dir / "pg_restore"), "--list", str(path)],

@@ -21,8 +21,15 @@ dir={wal}
 dst="$dir/$name"
 if [ -f "$dst" ]; then
   if cmp -s "$src" "$dst"; then exit 0; fi
-  echo "archive-wal: $dst exists with other content; refusing to overwrite it" >&2
-  exit 1
+  case $name in
+    *.partial)
+      # The end of a timeline at a promotion (never read by recovery): two promotions on the
+      # same segment (a failover, a later restore) both keep theirs.
+      dst="$dst.$(date +%s%N)" ;;
+    *)
+      echo "archive-wal: $dst exists with other content; refusing to overwrite it" >&2
+      exit 1 ;;
+  esac
 fi
 tmp="$dir/.$name.$$.tmp"
 if cp "$src" "$tmp" && sync "$tmp" && mv "$tmp" "$dst"; then
