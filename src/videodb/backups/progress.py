@@ -29,7 +29,7 @@ class Meter:
         self.total = total
         self.interval_s = interval_s
         self.done = 0
-        self._last = 0.0
+        self._last: float | None = None  # the first update always prints
         self.began = time.monotonic()
 
     def update(self, done: int, total: int | None = None, *, force: bool = False) -> None:
@@ -37,7 +37,7 @@ class Meter:
         if total is not None:
             self.total = total
         now = time.monotonic()
-        if force or now - self._last >= self.interval_s:
+        if force or self._last is None or now - self._last >= self.interval_s:
             self._last = now
             self.progress(self.line())
 
