@@ -123,6 +123,21 @@ def test_a_damaged_backup_is_refused_and_nothing_is_destroyed(bk: RunningCluster
     assert not list(bk.layout.data.glob("restore-*"))  # no staging left behind
 
 
+def test_a_target_the_archive_cannot_reach_changes_nothing(bk: RunningCluster) -> None:
+    before = rows(bk)
+    base = backup(bk, "--physical")
+    beyond = bk.cli("restore", base["id"], "--lsn", "FF/0", "--force", timeout=300)
+    assert beyond.rc != 0
+    assert "does not reach the target" in beyond.stderr and "nothing was changed" in beyond.stderr
+    early = bk.cli("restore", base["id"], "--time", "2000-01-01T00:00:00+00:00", "--force")
+    assert early.rc == 2 and "cannot be recovered to an earlier time" in early.stderr, early
+    both = bk.cli("restore", base["id"], "--latest", "--lsn", "0/1", "--force")
+    assert both.rc == 2 and "at most one of" in both.stderr
+    assert rows(bk) == before
+    assert check_health(bk.settings).healthy
+    assert not list(bk.layout.data.glob("restore-*"))
+
+
 def test_logical_restore_puts_the_dump_back_and_sets_the_old_database_aside(
     bk: RunningCluster,
 ) -> None:
