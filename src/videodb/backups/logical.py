@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import subprocess
-import time
 from pathlib import Path
 
-from videodb.backups.progress import Meter, Progress, quiet, size
+from videodb.backups.progress import Meter, Progress, quiet
 from videodb.backups.repo import BackupInfo, new_id, now_iso, repo_for
 from videodb.cluster.patroni_api import PatroniAPI
 from videodb.cluster.pg import connect_superuser
@@ -17,6 +17,14 @@ from videodb.config import Settings
 from videodb.errors import ClusterError
 from videodb.layout import StateLayout, service_user
 from videodb.secrets import ClusterSecrets
+
+TABLE_SIZES = """
+SELECT format('%s.%s', n.nspname, c.relname), pg_table_size(c.oid)
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'm') AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+  AND n.nspname NOT LIKE 'pg_toast%'
+"""
+_TABLE_STARTS = re.compile(r'dumping contents of table "([^"]+)"')
 
 
 def file_sha256(path: Path) -> str:
@@ -41,9 +49,10 @@ def dump_database(
     repo = repo_for(settings, layout)
     repo.ensure(None if user.is_current else user.uid, None if user.is_current else user.gid)
     db = settings.database.name
-    with connect_superuser(settings, secrets, primary) as conn:
-        row = conn.execute("SELECT pg_database_size(%s)", (db,)).fetchone()
-    estimate = int(str(row[0])) if row else None
+    with connect_superuser(settings, secrets, primary, dbname=db) as conn:
+        tables = {
+            str(name): int(str(nbytes)) for name, nbytes in conn.execute(TABLE_SIZES).fetchall()
+        }
     backup_id = new_id("logical")
     target = repo.dumps / f"{backup_id}.dump"
     partial = target.with_suffix(".dump.partial")
@@ -56,25 +65,37 @@ def dump_database(
         f"--dbname={db}",
         f"--file={partial}",
         "--no-password",
+        "--verbose",  # names each table as it starts: the progress below
     ]
     env = {**os.environ, "PGPASSFILE": str(layout.pgpass())}
     started = now_iso()
     progress(f"logical dump {backup_id} of {db} from {primary.name} (pg_dump, custom format)")
-    # A dump is compressed: the database's size is only an upper bound of the file's.
-    meter = Meter(progress, f"written (database is {size(estimate or 0)})", None)
+    # Progress in table bytes: a table counts as dumped once pg_dump starts the next one.
+    meter = Meter(progress, "dumped", sum(tables.values()))
     process = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
-    while process.poll() is None:
-        if partial.exists():
-            meter.update(partial.stat().st_size)
-        time.sleep(0.2)
-    stderr = process.stderr.read().decode(errors="replace") if process.stderr else ""
+    assert process.stderr is not None
+    done, current = 0, 0
+    errors: list[str] = []
+    last: list[str] = []
+    for raw in process.stderr:
+        line = raw.decode(errors="replace").rstrip()
+        last = [*last[-4:], line]
+        starting = _TABLE_STARTS.search(line)
+        if starting:
+            done += current
+            current = tables.get(starting.group(1), 0)
+            meter.update(done)
+        elif "error" in line.lower() or "fatal" in line.lower():
+            errors.append(line)
+    process.wait()
+    stderr = "; ".join(errors[-5:] or last)
     if process.returncode != 0:
         partial.unlink(missing_ok=True)
         raise ClusterError(
             f"pg_dump of {db} from {primary.name} failed (exit {process.returncode}): "
             f"{stderr.strip()}; nothing was kept"
         )
-    meter.update(partial.stat().st_size, force=True)
+    meter.update(sum(tables.values()), force=True)
     os.replace(partial, target)
     info = BackupInfo(
         id=backup_id,

@@ -206,7 +206,8 @@ def _recover(
     repo = repo_for(settings, layout)
     user = service_user()
     progress(f"copying {info.id} ({size(info.size_bytes)}) for the recovery")
-    copy_tree(repo.data_path(info), staging / "data", user, Meter(progress, "copied", None))
+    meter = Meter(progress, "copied", info.size_bytes)
+    copy_tree(repo.data_path(info), staging / "data", user, meter)
     signal_file = staging / "data" / "recovery.signal"
     signal_file.touch()
     if not user.is_current:

@@ -11,7 +11,7 @@ from videodb.backups.copying import copy_tree, remove_tree
 from videodb.backups.instance import throwaway_instance
 from videodb.backups.logical import file_sha256
 from videodb.backups.progress import Meter, Progress, quiet, size
-from videodb.backups.repo import BackupInfo, BackupRepo, now_iso, repo_for
+from videodb.backups.repo import BackupInfo, BackupRepo, now_iso, repo_for, tree_size
 from videodb.config import Settings
 from videodb.errors import ClusterError
 from videodb.layout import ServiceUser, StateLayout, as_user, service_user
@@ -65,7 +65,7 @@ def _restore_test_physical(
     work.mkdir(mode=0o700)
     try:
         progress("copying the backup for a restore test")
-        copy_tree(path, work / "data", user, Meter(progress, "copied", None))
+        copy_tree(path, work / "data", user, Meter(progress, "copied", tree_size(path)))
         progress("starting it (crash recovery to the end of the backup)")
         with throwaway_instance(settings, work / "data", work, user) as instance:
             with instance.connect() as conn:
