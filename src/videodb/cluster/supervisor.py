@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-from supervisor.xmlrpc import SupervisorTransport
+from supervisor.xmlrpc import SupervisorTransport, UnixStreamHTTPConnection
 
 from videodb.errors import ClusterError, NotRunningError
 from videodb.layout import StateLayout
@@ -61,12 +62,31 @@ def supervisord_pid(layout: StateLayout) -> int | None:
     return pid if "supervisord" in cmdline else None
 
 
+# Longer than any call waits for (stopping a Patroni: its stopwaitsecs, 90 s), so that a hung
+# supervisord (left SIGSTOPped, say) is an error after this long, not a hang.
+CALL_TIMEOUT_S = 120.0
+
+
+class _TimedUnixConnection(UnixStreamHTTPConnection):  # type: ignore[misc]
+    def __init__(self, socketfile: str, timeout: float) -> None:
+        super().__init__("localhost")
+        self.socketfile = socketfile
+        self.timeout_s = timeout
+
+    def connect(self) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout_s)
+        self.sock.connect(self.socketfile)
+
+
 class Supervisor:
     """A client for one supervisord over its private unix socket."""
 
-    def __init__(self, layout: StateLayout) -> None:
+    def __init__(self, layout: StateLayout, timeout: float = CALL_TIMEOUT_S) -> None:
         self.layout = layout
-        transport = SupervisorTransport(None, None, f"unix://{layout.supervisor_socket()}")
+        path = str(layout.supervisor_socket())
+        transport = SupervisorTransport(None, None, f"unix://{path}")
+        transport._get_connection = lambda: _TimedUnixConnection(path, timeout)
         self._proxy: Any = xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
 
     def _call(self, method: str, *args: Any) -> Any:
