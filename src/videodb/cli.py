@@ -64,6 +64,7 @@ class Context:
     config_file: Path | None
     state_dir: Path | None
     assignments: list[str] = field(default_factory=list)
+    flag_names: dict[str, str] = field(default_factory=dict)  # key -> the flag that set it
     _loaded: LoadedSettings | None = None
 
     def loaded(self) -> LoadedSettings:
@@ -73,7 +74,10 @@ class Context:
                 assignments.append(f"state_dir={self.state_dir}")
             file = self.config_file or default_config_file(project_home())
             self._loaded = load_settings(
-                file, assignments=assignments, require_file=self.config_file is not None
+                file,
+                assignments=assignments,
+                require_file=self.config_file is not None,
+                flag_names=self.flag_names,
             )
         return self._loaded
 
@@ -184,6 +188,7 @@ def start(
     for key, value in (("failover", failover), ("replication", replication), ("profile", profile)):
         if value is not None:
             c.assignments.append(f"patroni.{key}={value}")
+            c.flag_names[f"patroni.{key}"] = f"--{key}"
     settings = c.settings()
     layout = c.layout()
     progress = _progress(as_json)

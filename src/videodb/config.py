@@ -348,8 +348,13 @@ def load_settings(
     env: Mapping[str, str] | None = None,
     assignments: Sequence[str] = (),
     require_file: bool = False,
+    flag_names: Mapping[str, str] | None = None,
 ) -> LoadedSettings:
-    """Merge defaults, the TOML file, the environment and `--set` flags, then validate."""
+    """Merge defaults, the TOML file, the environment and `--set` flags, then validate.
+
+    `flag_names` names the command-line flag behind an assignment (patroni.failover: --failover)
+    for error messages.
+    """
     env = os.environ if env is None else env
     tree: dict[str, Any] = Settings().model_dump(mode="python")
     tree["database"]["app_password"] = DEV_APP_PASSWORD
@@ -361,7 +366,11 @@ def load_settings(
             sources[key] = str(config_file)
     else:
         config_file = None
-    for key, value, source in [*_env_overrides(env), *parse_assignments(assignments)]:
+    flags = [
+        (key, value, f"flag {flag_names[key]}" if flag_names and key in flag_names else source)
+        for key, value, source in parse_assignments(assignments)
+    ]
+    for key, value, source in [*_env_overrides(env), *flags]:
         _set_path(tree, key.split("."), value, source)
         sources[key] = source
     try:

@@ -145,3 +145,14 @@ def test_timing_profiles_and_explicit_overrides() -> None:
 def test_unknown_failover_mode_is_rejected_with_its_value() -> None:
     with pytest.raises(ConfigError, match=r"patroni.failover: bad value 'sometimes'"):
         load_settings(None, env={}, assignments=["patroni.failover=sometimes"])
+
+
+def test_a_bad_value_from_a_named_flag_names_that_flag() -> None:
+    with pytest.raises(ConfigError, match="flag --failover: key patroni.failover") as info:
+        load_settings(
+            None,
+            env={},
+            assignments=["patroni.failover=sometimes"],
+            flag_names={"patroni.failover": "--failover"},
+        )
+    assert "--set" not in str(info.value)
