@@ -46,7 +46,9 @@ app = typer.Typer(
     name="platform.sh",
     help=(
         "The video platform's replicated PostgreSQL: etcd, two Patroni-managed PostgreSQL 15 "
-        "nodes and HAProxy (write 5435, read 5436, stats 8404) on 127.0.0.1."
+        "nodes and HAProxy (write 5435, read 5436, stats 8404); the upload, metadata and "
+        "streaming applications (the page on 8080); backups with continuous WAL archiving and "
+        "point-in-time recovery. Everything on 127.0.0.1."
     ),
     no_args_is_help=True,
     add_completion=False,
@@ -707,7 +709,10 @@ def restore(
     ] = None,
     lsn: Annotated[str | None, typer.Option("--lsn", help="Physical: recover to this LSN.")] = None,
     latest: Annotated[
-        bool, typer.Option("--latest", help="Physical: recover to the end of the WAL archive.")
+        bool,
+        typer.Option(
+            "--latest", help="Physical: recover to the end of the WAL archive (the default)."
+        ),
     ] = False,
     database: Annotated[
         str | None,
