@@ -148,7 +148,7 @@ def test_unknown_failover_mode_is_rejected_with_its_value() -> None:
 
 
 def test_a_bad_value_from_a_named_flag_names_that_flag() -> None:
-    with pytest.raises(ConfigError, match="flag --failover: key patroni.failover") as info:
+    with pytest.raises(ConfigError, match=r"flag --failover: key patroni\.failover") as info:
         load_settings(
             None,
             env={},
