@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from tests.integration.harness import RunningCluster, cluster_lifecycle
@@ -50,6 +51,15 @@ def write_rows(c: RunningCluster, ids: range) -> list[int]:
             conn.execute("INSERT INTO events (id) VALUES (%s)", (i,))
             done.append(i)
     return done
+
+
+def writable(c: RunningCluster) -> bool:
+    try:
+        with c.app_connect(c.write_port) as conn:
+            conn.execute("SELECT 1")
+    except psycopg.OperationalError:
+        return False  # HAProxy has not seen the new master yet
+    return True
 
 
 def rows(c: RunningCluster) -> set[int]:
@@ -186,6 +196,7 @@ def test_restore_to_latest_finds_every_acknowledged_row_across_a_failover(
             timeout=90,
             what="a new master",
         )
+        wait_for(lambda: writable(bk), timeout=30, what="the write port on the new master")
     after_failover = write_rows(bk, range(6000, 6100))
     wait_healthy(bk)
     acknowledged = rows(bk)
