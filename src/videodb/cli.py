@@ -23,6 +23,7 @@ from videodb.backups import physical as backups_physical
 from videodb.backups import prune as backups_prune
 from videodb.backups import restore as backups_restore
 from videodb.backups import verify as backups_verify
+from videodb.backups.archiver import archiver_status
 from videodb.backups.progress import size
 from videodb.backups.repo import repo_for
 from videodb.cluster import (
@@ -625,17 +626,29 @@ app.add_typer(backup_app, name="backup")
 
 @backup_app.command("list")
 def backup_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
-    """Every backup: id, kind, start and end (time and LSN), size, verified or not."""
+    """Every backup: id, kind, start and end (time and LSN), size, verified or not; and whether
+    each node's WAL archiving works (pg_stat_archiver)."""
     c = _ctx(ctx)
     repo = repo_for(c.settings(), c.layout())
     infos = repo.all()
     wal = repo.wal_bytes() if repo.wal.is_dir() else 0
+    archivers = []
+    if lifecycle.is_running(c.layout()):
+        archivers = archiver_status(c.settings(), load_secrets(c.layout()))
     if as_json:
         _print_json(
-            {"repo": str(repo.root), "wal_bytes": wal, "backups": [i.as_dict() for i in infos]}
+            {
+                "repo": str(repo.root),
+                "wal_bytes": wal,
+                "backups": [i.as_dict() for i in infos],
+                "archivers": [{**asdict(a), "detail": a.detail} for a in archivers],
+            }
         )
         return
     out.print(render_text.backups_table(infos, str(repo.root), wal))
+    for a in archivers:
+        colour = "red" if a.failing or not a.reachable else "green"
+        out.print(f"archiving on {a.node}: [{colour}]{escape(a.detail)}[/]", highlight=False)
 
 
 @backup_app.command("verify")

@@ -140,18 +140,20 @@ def drill_table(report: DrillReport) -> Table:
 
 def backups_table(infos: list[BackupInfo], repo: str, wal_bytes: int) -> Table:
     table = Table(title=f"backups in {repo}; archived WAL {size(wal_bytes)}", title_justify="left")
-    for column in ("id", "kind", "started", "finished", "start LSN", "end LSN", "size", "verified"):
+    table.add_column("id", no_wrap=True)
+    for column in ("kind", "started (UTC)", "finished", "start LSN", "end LSN", "size", "verified"):
         table.add_column(column)
     for i in infos:
         if i.verified is None:
             verified = "not yet"
         else:
-            verified = f"{'[green]yes' if i.verified else '[red]FAILED'}[/] {i.verified_at or ''}"
+            when = (i.verified_at or "")[:19].replace("T", " ")
+            verified = f"{'[green]yes' if i.verified else '[red]FAILED'}[/] {when}"
         table.add_row(
             i.id,
             i.kind if i.kind == "physical" else f"logical ({i.database})",
-            i.started_at,
-            i.finished_at,
+            i.started_at[:19].replace("T", " "),
+            i.finished_at[11:19],
             i.start_lsn or "-",
             i.end_lsn or "-",
             size(i.size_bytes),

@@ -91,6 +91,10 @@ def test_backups_are_listed_with_lsns_and_progress(bk: RunningCluster) -> None:
     assert base["size_bytes"] > 1_000_000 and base["verified"] is None
     assert Path(dump["path"]).is_file() and dump["sha256"]
     assert listing["wal_bytes"] > 0  # the archive is filling
+    archivers = {a["node"]: a for a in listing["archivers"]}
+    assert set(archivers) == {n.name for n in bk.settings.nodes}  # every node archives
+    assert all(a["reachable"] and not a["failing"] for a in archivers.values()), archivers
+    assert archivers["postgres-video-master"]["last_archived_wal"]
 
 
 def test_verify_restores_each_kind_into_a_throwaway_instance(bk: RunningCluster) -> None:
