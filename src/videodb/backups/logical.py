@@ -10,8 +10,7 @@ import subprocess
 from pathlib import Path
 
 from videodb.backups.progress import Meter, Progress, quiet
-from videodb.backups.repo import BackupInfo, new_id, now_iso, repo_for
-from videodb.cluster.patroni_api import PatroniAPI
+from videodb.backups.repo import BackupInfo, backup_source, new_id, now_iso, ready_repo
 from videodb.cluster.pg import connect_superuser
 from videodb.config import Settings
 from videodb.errors import ClusterError
@@ -42,12 +41,9 @@ def dump_database(
     *,
     progress: Progress = quiet,
 ) -> BackupInfo:
-    primary = PatroniAPI(settings).leader()
-    if primary is None:
-        raise ClusterError("no running primary to back up from; see 'platform.sh status'")
+    primary = backup_source(settings)
     user = service_user()
-    repo = repo_for(settings, layout)
-    repo.ensure(None if user.is_current else user.uid, None if user.is_current else user.gid)
+    repo = ready_repo(settings, layout, user)
     db = settings.database.name
     with connect_superuser(settings, secrets, primary, dbname=db) as conn:
         tables = {

@@ -11,8 +11,7 @@ import subprocess
 from pathlib import Path
 
 from videodb.backups.progress import Meter, Progress, quiet
-from videodb.backups.repo import BackupInfo, new_id, now_iso, repo_for, tree_size
-from videodb.cluster.patroni_api import PatroniAPI
+from videodb.backups.repo import BackupInfo, backup_source, new_id, now_iso, ready_repo, tree_size
 from videodb.config import Settings
 from videodb.errors import ClusterError
 from videodb.layout import ServiceUser, StateLayout, as_user, service_user
@@ -59,12 +58,9 @@ def take_base_backup(
     *,
     progress: Progress = quiet,
 ) -> BackupInfo:
-    primary = PatroniAPI(settings).leader()
-    if primary is None:
-        raise ClusterError("no running primary to back up from; see 'platform.sh status'")
+    primary = backup_source(settings)
     user = service_user()
-    repo = repo_for(settings, layout)
-    repo.ensure(None if user.is_current else user.uid, None if user.is_current else user.gid)
+    repo = ready_repo(settings, layout, user)
     backup_id = new_id("physical")
     target = repo.base / backup_id
     passfile = replication_passfile(settings, layout, secrets, user)

@@ -16,9 +16,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from videodb.config import Settings
-from videodb.errors import ConfigError
-from videodb.layout import StateLayout
+from videodb.cluster.patroni_api import PatroniAPI
+from videodb.config import NodeSpec, Settings
+from videodb.errors import ClusterError, ConfigError
+from videodb.layout import ServiceUser, StateLayout
 
 Kind = Literal["physical", "logical"]
 
@@ -130,6 +131,21 @@ class BackupRepo:
 
 def repo_for(settings: Settings, layout: StateLayout) -> BackupRepo:
     return BackupRepo(settings.backup.repo_dir or layout.backups)
+
+
+def ready_repo(settings: Settings, layout: StateLayout, user: ServiceUser) -> BackupRepo:
+    """The repository, its directories created and owned by the service user."""
+    repo = repo_for(settings, layout)
+    repo.ensure(None if user.is_current else user.uid, None if user.is_current else user.gid)
+    return repo
+
+
+def backup_source(settings: Settings) -> NodeSpec:
+    """The node backups are taken from: the running master."""
+    primary = PatroniAPI(settings).leader()
+    if primary is None:
+        raise ClusterError("no running primary to back up from; see 'platform.sh status'")
+    return primary
 
 
 def tree_size(path: Path) -> int:

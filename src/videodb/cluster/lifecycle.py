@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from videodb.backups.archive import archive_script
-from videodb.backups.repo import repo_for
+from videodb.backups.repo import ready_repo, repo_for
 from videodb.cluster import render
 from videodb.cluster.ha import apply_dynamic_config, is_paused
 from videodb.cluster.health import (
@@ -106,7 +106,7 @@ def prepare_state(
     # The WAL archive is written by PostgreSQL's OS user, on every node (archive_mode = always).
     repo = repo_for(settings, layout)
     try:
-        repo.ensure(None if user.is_current else user.uid, None if user.is_current else user.gid)
+        ready_repo(settings, layout, user)
     except OSError as exc:
         raise ClusterError(
             f"backup repository {repo.root} cannot be prepared for the '{user.name}' user "
