@@ -22,6 +22,7 @@ from psycopg import sql
 
 from videodb.backups.archive import restore_command
 from videodb.backups.copying import copy_tree, remove_tree
+from videodb.backups.guards import exclusive, require_space
 from videodb.backups.instance import throwaway_instance
 from videodb.backups.progress import Meter, Progress, quiet, size
 from videodb.backups.repo import BackupInfo, repo_for
@@ -83,6 +84,17 @@ def restore_logical(
     progress: Progress = quiet,
 ) -> RestoreResult:
     """Restore a dump into `database` (default: the one dumped) through a temporary database."""
+    with exclusive(layout.run / "restore.lock", "restore"):
+        return _restore_logical(settings, layout, info, database, progress)
+
+
+def _restore_logical(
+    settings: Settings,
+    layout: StateLayout,
+    info: BackupInfo,
+    database: str | None,
+    progress: Progress,
+) -> RestoreResult:
     began = time.monotonic()
     repo = repo_for(settings, layout)
     secrets = load_secrets(layout)
@@ -275,10 +287,22 @@ def restore_physical(
             f"{info.id} started at {info.started_at}; it cannot be recovered to an earlier "
             f"time ({target.time.isoformat()}): choose an older base backup"
         )
+    with exclusive(layout.run / "restore.lock", "restore"):
+        return _restore_physical(settings, layout, info, target, progress)
+
+
+def _restore_physical(
+    settings: Settings,
+    layout: StateLayout,
+    info: BackupInfo,
+    target: RecoveryTarget,
+    progress: Progress,
+) -> RestoreResult:
     began = time.monotonic()
     repo = repo_for(settings, layout)
     progress(f"checking {info.id}'s checksums (pg_verifybackup)")
     check_checksums(settings, repo, info)
+    require_space(layout.data, info.size_bytes, f"restoring {info.id}")
     running = lifecycle.is_running(layout)
     if running:
         _archive_current_wal(settings, load_secrets(layout), progress)

@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 from videodb.backups.copying import copy_tree, remove_tree
+from videodb.backups.guards import require_space
 from videodb.backups.instance import throwaway_instance
 from videodb.backups.logical import file_sha256
 from videodb.backups.progress import Meter, Progress, quiet, size
@@ -60,6 +61,7 @@ def _restore_test_physical(
     settings: Settings, layout: StateLayout, path: Path, progress: Progress
 ) -> str:
     user = service_user()
+    require_space(layout.data, tree_size(path), f"a restore test of {path.name}")
     work = layout.data / f"verify-{path.name}"
     remove_tree(work)
     work.mkdir(mode=0o700)
