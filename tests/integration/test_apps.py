@@ -8,6 +8,7 @@ an upload limit of 4 MB and view counts written every 0.5 s.
 from __future__ import annotations
 
 import hashlib
+import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -230,6 +231,24 @@ def test_bad_input_gets_a_clear_4xx_and_leaves_nothing(
     for response, status, message in cases:
         assert response.status_code == status, (status, message, response.text)
         assert message in error_message(response), (message, response.text)
+    # A client that goes away in the middle of its upload.
+    with socket.create_connection(("127.0.0.1", cluster.settings.apps.upload_port)) as gone:
+        gone.sendall(
+            b"POST /api/videos HTTP/1.1\r\nHost: x\r\nContent-Length: 5000000\r\n"
+            b"Content-Type: multipart/form-data; boundary=B\r\n\r\n--B\r\n"
+            b'Content-Disposition: form-data; name="file"; filename="v.mp4"\r\n'
+            b"Content-Type: video/mp4\r\n\r\n" + media["mp4"].read_bytes()
+        )
+        wait_for(
+            lambda: any((cluster.storage / "tmp").iterdir()),
+            timeout=10,
+            what="the interrupted upload's temporary file",
+        )
+    wait_for(
+        lambda: not any((cluster.storage / "tmp").iterdir()),
+        timeout=10,
+        what="the interrupted upload's temporary file removed",
+    )
     assert stored_files(cluster) == files_before, "a refused upload left a file behind"
     assert video_count(cluster) == count_before, "a refused upload left a row behind"
 
@@ -372,8 +391,6 @@ def test_operations_endpoints_status_logs_and_stopping_the_apps(cluster: Running
         assert refused.status_code == 503 and "not running" in error_message(refused)
 
         # A port taken while the apps were down: a clear refusal, then a clean start.
-        import socket
-
         with socket.socket() as squatter:
             squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             squatter.bind(("127.0.0.1", cluster.settings.apps.metadata_port))

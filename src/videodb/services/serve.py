@@ -24,6 +24,18 @@ BUILDERS = {
 }
 
 
+class QuietHealthChecks(logging.Filter):
+    """HAProxy asks /healthz every second: keep those answers out of the access log (unless
+    they fail)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) >= 5:
+            path, status = str(args[2]), args[4]
+            return not (path in ("/healthz", "/readyz") and status == 200)
+        return True
+
+
 def build(service: ServiceName, config: AppConfig) -> FastAPI:
     return BUILDERS[service](config)
 
@@ -42,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     except VideoDBError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    logging.getLogger("uvicorn.access").addFilter(QuietHealthChecks())
     uvicorn.run(
         app,
         host=config.host,
