@@ -158,6 +158,9 @@ def test_logical_restore_puts_the_dump_back_and_sets_the_old_database_aside(
     dump = backup(bk)
     expected = rows(bk)
     write_rows(bk, range(1000, 1010))
+    asked = bk.cli("restore", dump["id"])  # no --force, and no one to say yes
+    assert asked.rc != 0 and "Restore dump" in asked.stdout + asked.stderr
+    assert rows(bk) == expected | set(range(1000, 1010))
     restored = bk.cli_json("restore", dump["id"], "--force")
     assert restored["restored_to"] == bk.settings.database.name
     assert restored["set_aside"].startswith(f"{bk.settings.database.name}__before_restore_")

@@ -188,3 +188,28 @@ def test_views_are_kept_until_written_once() -> None:
     (batch,) = fake.batches  # one statement for the whole tally
     assert dict(zip(batch["ids"], batch["ns"], strict=True)) == {str(a): 4, str(b): 1}
     assert views.flush() == 0 and len(fake.batches) == 1
+
+
+def test_every_error_is_json_even_an_unexpected_one() -> None:
+    from fastapi.testclient import TestClient
+
+    from videodb.db import DataLayer, DataSourceSettings
+    from videodb.services.base import create_app
+
+    layer = DataLayer(DataSourceSettings(writer_port=1, reader_port=1))
+    app = create_app("upload", layer, description="test", ready_on="writer")
+
+    @app.get("/boom")
+    def boom() -> None:
+        raise RuntimeError("a bug")
+
+    client = TestClient(app, raise_server_exceptions=False)
+    crashed = client.get("/boom")
+    assert crashed.status_code == 500
+    assert crashed.json()["error"]["message"].startswith("internal error (RuntimeError)")
+    assert "platform.sh logs upload" in crashed.json()["error"]["message"]
+    missing = client.get("/nowhere")
+    assert missing.status_code == 404 and missing.json()["error"]["status"] == 404
+    not_ready = client.get("/readyz")  # nothing listens on port 1
+    assert not_ready.status_code == 503 and "writer port not reachable" in not_ready.text
+    layer.dispose()

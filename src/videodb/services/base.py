@@ -9,12 +9,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi import FastAPI, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from sqlalchemy import text
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -137,8 +138,8 @@ def create_app(
 
     app.add_middleware(_Measure, service=service, requests=requests, latency=latency)
 
-    @app.exception_handler(HTTPException)
-    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
+    @app.exception_handler(StarletteHTTPException)  # FastAPI's, and Starlette's 404 and 405
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         return json_error(exc.status_code, str(exc.detail), dict(exc.headers or {}))
 
     @app.exception_handler(RequestValidationError)
@@ -157,6 +158,16 @@ def create_app(
             f"committed; retry with the same Idempotency-Key ({exc})",
             {"Retry-After": "1"},
         )
+
+    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("%s: unexpected error", service, exc_info=exc)
+        return json_error(
+            500,
+            f"internal error ({type(exc).__name__}); the details are in "
+            f"'platform.sh logs {service}'",
+        )
+
+    app.add_exception_handler(Exception, unexpected)
 
     async def database_error(_: Request, exc: Exception) -> JSONResponse:
         log.warning("%s: database error: %s", service, exc)
