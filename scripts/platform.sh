@@ -93,7 +93,7 @@ venv_stamp() {
   {
     cat "$ROOT/pyproject.toml"
     if ((EDITABLE == 0)); then
-      (cd "$ROOT" && find src -type f ! -path '*/__pycache__/*' -print0 | sort -z | xargs -0 sha256sum)
+      (cd "$ROOT" && find src -type f ! -path '*/__pycache__/*' ! -path '*.egg-info/*' -print0 | sort -z | xargs -0 sha256sum)
     fi
   } | sha256sum | cut -d' ' -f1
 }
