@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import socket
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -349,6 +350,7 @@ def test_views_are_counted_in_batches(
         raise AssertionError("videodb_view_flushes_total not in /metrics")
 
     before = flushes()
+    began = time.monotonic()
     starts = 40
     for i in range(starts):
         headers = {**auth, "Range": "bytes=0-1023"} if i % 2 else auth
@@ -364,7 +366,10 @@ def test_views_are_counted_in_batches(
 
     wait_for(counted, timeout=20, what=f"{starts} views written")
     writes = flushes() - before
-    assert 1 <= writes < starts / 4, f"{writes} view writes for {starts} views"
+    intervals = (time.monotonic() - began) / cluster.settings.apps.view_flush_s
+    # Batched: at most one write per flush interval, however many views (and however fast or
+    # slow the machine sends them).
+    assert 1 <= writes <= intervals + 1, f"{writes} view writes in {intervals:.1f} intervals"
 
 
 def test_operations_endpoints_status_logs_and_stopping_the_apps(cluster: RunningCluster) -> None:

@@ -11,8 +11,8 @@ data/before-restore-<time>/.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -126,18 +126,22 @@ def _restore_logical(
     env = {**os.environ, "PGPASSFILE": str(layout.pgpass())}
     progress(f"restoring {info.id} into a temporary database {staging} on {primary.name}")
     meter = Meter(progress, "restored", info.size_bytes)
-    process = subprocess.Popen(argv, stdin=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-    assert process.stdin is not None and process.stderr is not None
-    try:
-        with path.open("rb") as f:
-            while chunk := f.read(1 << 20):
-                process.stdin.write(chunk)
-                meter.add(len(chunk))
-        process.stdin.close()
-    except BrokenPipeError:
-        pass  # pg_restore stopped early: its exit code and message say why
-    code = process.wait()
-    errors = process.stderr.read().decode(errors="replace").strip()
+    # Its messages go to a file, not a pipe: a pipe nobody reads while we feed stdin could fill up
+    # and stall both processes.
+    with tempfile.TemporaryFile() as messages:
+        process = subprocess.Popen(argv, stdin=subprocess.PIPE, stderr=messages, env=env)
+        assert process.stdin is not None
+        try:
+            with path.open("rb") as f:
+                while chunk := f.read(1 << 20):
+                    process.stdin.write(chunk)
+                    meter.add(len(chunk))
+            process.stdin.close()
+        except BrokenPipeError:
+            pass  # pg_restore stopped early: its exit code and message say why
+        code = process.wait()
+        messages.seek(0)
+        errors = messages.read().decode(errors="replace").strip()
     if code != 0:
         with connect_superuser(settings, secrets, primary) as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(staging)))
@@ -373,7 +377,3 @@ def _set_aside(settings: Settings, layout: StateLayout, aside: Path) -> list[tup
             os.replace(path, aside / name)
             moved.append((path, aside / name))
     return moved
-
-
-def remove_set_aside(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
