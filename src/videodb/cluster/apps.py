@@ -15,7 +15,7 @@ from videodb.cluster.preflight import find_toolchain
 from videodb.cluster.supervisor import Supervisor, supervisord_pid
 from videodb.config import Settings
 from videodb.errors import NotRunningError, PrerequisiteError, TimeoutExpired
-from videodb.layout import ServiceUser, StateLayout, service_user
+from videodb.layout import ServiceUser, StateLayout, service_user, traversable_by
 from videodb.ports import port_holder, port_is_free
 from videodb.secrets import write_private
 from videodb.services.runtime import AppConfig
@@ -46,6 +46,12 @@ def app_ports(settings: Settings) -> dict[str, int]:
 def write_app_files(settings: Settings, layout: StateLayout, user: ServiceUser) -> AppConfig:
     """conf/apps.json (0600, the service user's) and the storage directory."""
     config = AppConfig.for_platform(settings, layout)
+    if not traversable_by(user, config.storage_dir):
+        raise PrerequisiteError(
+            f"video storage {config.storage_dir} cannot be reached by the '{user.name}' OS user "
+            "that runs the applications (a directory above it is closed to it); choose another "
+            "with --set apps.storage_dir=PATH"
+        )
     for directory in (config.storage_dir, config.storage_dir / "tmp"):
         try:
             directory.mkdir(parents=True, exist_ok=True)
