@@ -26,6 +26,7 @@ class ServerStatus:
     avg_response_ms: int | None
     check_status: str
     last_change_s: int | None
+    down_transitions: int = 0  # UP -> DOWN transitions since HAProxy started (chkdown)
 
     @property
     def up(self) -> bool:
@@ -61,6 +62,7 @@ def parse_stats_csv(text: str) -> list[ServerStatus]:
                 avg_response_ms=_int(row.get("rtime", "")),
                 check_status=row.get("check_status", ""),
                 last_change_s=_int(row.get("lastchg", "")),
+                down_transitions=_int(row.get("chkdown", "")) or 0,
             )
         )
     return servers

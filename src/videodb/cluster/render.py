@@ -167,13 +167,19 @@ def haproxy_socket(layout: StateLayout) -> Path:
 
 
 def haproxy_config(settings: Settings, layout: StateLayout) -> str:
-    """Write port: Patroni's /primary only. Read port: /read-only (primary and running replicas)."""
+    """Write port: Patroni's /primary only. Read port: /read-only (primary and running replicas).
+
+    Only the health check marks a server DOWN (then its sessions are cut). A connection error
+    seen on live traffic merely brings the next check forward (`on-error fastinter`): during a
+    burst of new connections PostgreSQL's listen backlog overflows and some connects time out,
+    and treating that as a dead master (`on-error mark-down`) cut every session to a healthy one.
+    """
     h = settings.haproxy
     host = settings.listen_host
     server_opts = (
         f"check inter {h.check_interval_ms}ms fastinter {h.fast_interval_ms}ms "
         f"downinter {h.fast_interval_ms}ms rise {h.rise} fall {h.fall} "
-        "on-marked-down shutdown-sessions observe layer4 error-limit 1 on-error mark-down"
+        "on-marked-down shutdown-sessions observe layer4 error-limit 1 on-error fastinter"
     )
 
     def backend(name: str, port: int, check_path: str, balance: str) -> list[str]:
