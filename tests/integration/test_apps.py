@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import socket
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -78,6 +79,32 @@ def error_message(response: httpx.Response) -> str:
     body: dict[str, Any] = response.json()
     assert body["error"]["status"] == response.status_code
     return str(body["error"]["message"])
+
+
+def test_a_plain_curl_upload_is_accepted(cluster: RunningCluster, media: dict[str, Path]) -> None:
+    """curl -F file=@clip.mp4 sends the part as application/octet-stream: judged by its bytes."""
+    done = subprocess.run(
+        [
+            "curl",
+            "--silent",
+            "--show-error",
+            "--fail-with-body",
+            "-F",
+            f"file=@{media['mp4']}",
+            "-F",
+            "title=sent with curl",
+            f"{cluster.app_url('web')}/api/videos",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    video = httpx.Response(201, content=done.stdout).json()
+    assert video["content_type"] == "video/mp4" and video["title"] == "sent with curl"
+    streamed = httpx.get(f"{cluster.app_url('web')}/api/videos/{video['id']}/stream", timeout=30)
+    assert streamed.content == media["mp4"].read_bytes()
 
 
 def test_upload_is_found_at_once_and_streams_byte_for_byte(

@@ -39,10 +39,14 @@ def test_stores_by_digest_once(tmp_path: Path) -> None:
         (MP4, "image/png", 415, "not accepted"),
         (b"just some text, not a video", "video/mp4", 415, "does not look like a video"),
         (MP4 * 100, "video/mp4", 413, "larger than the limit"),
+        # A generic type is judged by the bytes: a declared non-video type is not.
+        (b"just some text, not a video", "application/octet-stream", 415, "does not look like"),
+        (b"just some text, not a video", None, 415, "does not look like a video"),
+        (MP4, "text/plain", 415, "not accepted"),
     ],
 )
 def test_bad_uploads_are_refused_and_leave_nothing(
-    tmp_path: Path, data: bytes, declared: str, status: int, message: str
+    tmp_path: Path, data: bytes, declared: str | None, status: int, message: str
 ) -> None:
     store = ContentStore(tmp_path, max_bytes=100_000)
     with pytest.raises(StorageError, match=message) as info:
@@ -50,6 +54,17 @@ def test_bad_uploads_are_refused_and_leave_nothing(
     assert info.value.status == status
     assert leftovers(store) == []
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+
+
+@pytest.mark.parametrize("declared", ["application/octet-stream", None, "Video/MP4"])
+def test_a_generic_or_missing_type_is_taken_from_the_bytes(
+    tmp_path: Path, declared: str | None
+) -> None:
+    """curl -F file=@clip.mp4 sends application/octet-stream; some clients send no type."""
+    store = ContentStore(tmp_path, max_bytes=1 << 20)
+    stored = store.save(chunks(MP4), declared)
+    assert stored.content_type == "video/mp4" and stored.path.read_bytes() == MP4
+    assert leftovers(store) == []
 
 
 def test_digest_mismatch_is_refused(tmp_path: Path) -> None:

@@ -41,6 +41,19 @@ class StoredFile:
     created: bool  # False when the same bytes were stored already
 
 
+# Types that say nothing about the bytes (curl -F file=@clip.mp4 sends the first): the upload is
+# judged by what it contains, like one declared as a video type.
+GENERIC_TYPES = frozenset({"application/octet-stream", "binary/octet-stream"})
+
+
+def media_type(declared: str | None) -> str | None:
+    """The media type of a Content-Type value, lower-cased and without parameters."""
+    if declared is None:
+        return None
+    kind = declared.split(";", 1)[0].strip().lower()
+    return kind or None
+
+
 def sniff_content_type(head: bytes) -> str | None:
     """The container the first bytes belong to, whatever the client declared."""
     if len(head) >= 12 and head[4:8] == b"ftyp":
@@ -63,14 +76,16 @@ class PendingFile:
     """
 
     def __init__(self, store: ContentStore, declared_type: str | None) -> None:
-        if declared_type not in ALLOWED_TYPES:
+        kind = media_type(declared_type)
+        if kind is not None and kind not in ALLOWED_TYPES and kind not in GENERIC_TYPES:
             raise StorageError(
                 f"content type {declared_type!r} is not accepted; upload one of "
-                f"{', '.join(sorted(ALLOWED_TYPES))}",
+                f"{', '.join(sorted(ALLOWED_TYPES))} (or application/octet-stream, judged by "
+                "its bytes)",
                 415,
             )
         self.store = store
-        self.declared_type = declared_type
+        self.declared_type = declared_type or "no type"
         self._digest = hashlib.sha256()
         self.size = 0
         self._head = b""
