@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from videodb import __version__, render_text
+from videodb import __version__, pgenv, render_text
 from videodb.backups import logical as backups_logical
 from videodb.backups import physical as backups_physical
 from videodb.backups import prune as backups_prune
@@ -842,6 +842,9 @@ def config_cmd(ctx: typer.Context, as_json: JsonOpt = False) -> None:
 
 
 def main() -> None:
+    # Every tool, connection and server this command starts gets a clean libpq environment:
+    # an operator's PGPASSWORD, PGSERVICE, PGSSLMODE... must not change what they connect to.
+    pgenv.scrub()
     try:
         app()
     except VideoDBError as exc:

@@ -27,6 +27,34 @@ from videodb.secrets import ClusterSecrets, load_secrets
 from videodb.waiting import wait_for
 
 CLI = str(Path(sys.executable).parent / "videodb")
+
+# Every command the integration tests run goes through a shell with each libpq variable set to a
+# wrong value (the README shows PGPASSWORD=... psql, so operators export these). Any of them that
+# reached a tool, Patroni, PostgreSQL or an application would break it: a wrong password or user,
+# a service that does not exist, TLS the servers do not offer, read-only sessions. All addresses
+# are loopback or a socket directory that does not exist.
+POISONED_LIBPQ_ENV = {
+    "PGHOST": "/nonexistent-videodb-socket-dir",
+    "PGHOSTADDR": "127.0.0.254",
+    "PGPORT": "1",
+    "PGDATABASE": "no_such_database",
+    "PGUSER": "no_such_user",
+    "PGPASSWORD": "wrong-password",
+    "PGPASSFILE": "/nonexistent/pgpass",
+    "PGSERVICE": "no-such-service",
+    "PGSERVICEFILE": "/nonexistent/pg_service.conf",
+    "PGOPTIONS": "-c default_transaction_read_only=on",
+    "PGAPPNAME": "poisoned",
+    "PGSSLMODE": "require",
+    "PGCHANNELBINDING": "require",
+    "PGGSSENCMODE": "require",
+    "PGSSLROOTCERT": "/nonexistent/root.crt",
+    "PGCONNECT_TIMEOUT": "not-a-number",
+    "PGCLIENTENCODING": "NO_SUCH_ENCODING",
+    "PGTARGETSESSIONATTRS": "standby",
+    "PGREQUIREAUTH": "gss",
+    "PGDATA": "/nonexistent/pgdata",
+}
 __all__ = ["CLI", "RunningCluster", "make_workdir", "write_sandbox_config"]
 
 
@@ -46,9 +74,11 @@ class RunningCluster:
         return load_secrets(self.layout)
 
     def cli(self, *args: str, check: bool = False, timeout: float = 120) -> CliResult:
+        """Run the CLI as an operator would, from a shell full of wrong libpq variables."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("VIDEODB")}
         env.pop("DB_PASSWORD", None)
         env.pop("DB_USERNAME", None)
+        env.update(POISONED_LIBPQ_ENV)
         proc = subprocess.run(
             [CLI, "--config", str(self.config_file), *args],
             capture_output=True,

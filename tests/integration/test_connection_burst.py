@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import psycopg
 import pytest
@@ -23,7 +24,7 @@ pytestmark = pytest.mark.integration
 async def _burst(cluster: RunningCluster, count: int, seconds: float) -> tuple[int, int]:
     """`count` connection attempts on the write port at once; (connected, refused)."""
     db = cluster.settings.database
-    params = {
+    params: dict[str, Any] = {
         "host": "127.0.0.1",
         "port": cluster.write_port,
         "user": db.app_user,

@@ -23,6 +23,7 @@ from videodb.config import Settings
 from videodb.errors import ClusterError, TimeoutExpired
 from videodb.layout import ServiceUser, as_user
 from videodb.ports import free_ports
+from videodb.runner import tool_env
 
 
 @dataclass
@@ -91,7 +92,11 @@ def throwaway_instance(
         argv += ["-c", f"{key}={value}"]
     with log.open("wb") as out:
         process = subprocess.Popen(
-            as_user(user, argv), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            as_user(user, argv),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=tool_env(),
         )
     instance = Instance(data_dir, socket_dir, port, log, process, settings.database.superuser)
     try:

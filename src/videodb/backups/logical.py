@@ -15,6 +15,7 @@ from videodb.cluster.pg import connect_superuser
 from videodb.config import Settings
 from videodb.errors import ClusterError
 from videodb.layout import StateLayout, service_user
+from videodb.runner import tool_env
 from videodb.secrets import ClusterSecrets
 
 TABLE_SIZES = """
@@ -63,7 +64,7 @@ def dump_database(
         "--no-password",
         "--verbose",  # names each table as it starts: the progress below
     ]
-    env = {**os.environ, "PGPASSFILE": str(layout.pgpass())}
+    env = tool_env(PGPASSFILE=str(layout.pgpass()))
     started = now_iso()
     progress(f"logical dump {backup_id} of {db} from {primary.name} (pg_dump, custom format)")
     # Progress in table bytes: a table counts as dumped once pg_dump starts the next one.

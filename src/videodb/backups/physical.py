@@ -15,6 +15,7 @@ from videodb.backups.repo import BackupInfo, backup_source, new_id, now_iso, rea
 from videodb.config import Settings
 from videodb.errors import ClusterError
 from videodb.layout import ServiceUser, StateLayout, as_user, service_user
+from videodb.runner import tool_env
 from videodb.secrets import ClusterSecrets, write_private
 
 _PROGRESS = re.compile(rb"(\d+)/(\d+) kB")
@@ -36,7 +37,9 @@ def replication_passfile(
 
 def run_with_progress(argv: list[str], meter: Meter) -> tuple[int, str]:
     """Run a pg_basebackup-like program; feed "N/M kB" from its stderr to the meter."""
-    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=tool_env()
+    )
     assert process.stderr is not None
     tail = b""
     while chunk := os.read(process.stderr.fileno(), 4096):

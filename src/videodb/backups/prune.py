@@ -3,13 +3,13 @@ base backup kept goes (pg_archivecleanup), since no restore can start before tha
 
 from __future__ import annotations
 
-import subprocess
 from dataclasses import dataclass, field
 
 from videodb.backups.repo import BackupInfo, BackupRepo
 from videodb.config import Settings
 from videodb.db.token import parse_lsn
-from videodb.errors import ClusterError, ConfigError
+from videodb.errors import ConfigError
+from videodb.runner import run_tool
 
 SEGMENT_BYTES = 16 * 1024 * 1024
 
@@ -50,9 +50,7 @@ def prune(settings: Settings, repo: BackupRepo, keep: int) -> PruneResult:
         assert oldest.timeline is not None and oldest.start_lsn is not None
         first = wal_file_name(oldest.timeline, oldest.start_lsn)
         argv = [str(settings.postgresql.bin_dir / "pg_archivecleanup"), str(repo.wal), first]
-        done = subprocess.run(argv, capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            raise ClusterError(f"pg_archivecleanup failed: {done.stderr.strip()}")
+        run_tool(argv, what=f"pg_archivecleanup of {repo.wal}", timeout=600)
         result.oldest_wal_kept = first
     result.wal_after = repo.wal_bytes()
     return result

@@ -33,6 +33,7 @@ from videodb.cluster.pg import connect_superuser, ensure_application_database
 from videodb.config import Settings
 from videodb.errors import ClusterError, ConfigError
 from videodb.layout import StateLayout, service_user
+from videodb.runner import tool_env
 from videodb.secrets import ClusterSecrets, load_secrets
 from videodb.waiting import wait_for
 
@@ -123,7 +124,7 @@ def _restore_logical(
         "--exit-on-error",
         "--no-password",
     ]
-    env = {**os.environ, "PGPASSFILE": str(layout.pgpass())}
+    env = tool_env(PGPASSFILE=str(layout.pgpass()))
     progress(f"restoring {info.id} into a temporary database {staging} on {primary.name}")
     meter = Meter(progress, "restored", info.size_bytes)
     # Its messages go to a file, not a pipe: a pipe nobody reads while we feed stdin could fill up

@@ -4,8 +4,9 @@ start and answer queries. The outcome is recorded with the backup (`backup list`
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
+
+from psycopg import sql
 
 from videodb.backups.copying import copy_tree, remove_tree
 from videodb.backups.guards import require_space
@@ -15,7 +16,8 @@ from videodb.backups.progress import Meter, Progress, quiet, size
 from videodb.backups.repo import BackupInfo, BackupRepo, now_iso, repo_for, tree_size
 from videodb.config import Settings
 from videodb.errors import ClusterError
-from videodb.layout import ServiceUser, StateLayout, as_user, service_user
+from videodb.layout import ServiceUser, StateLayout, service_user
+from videodb.runner import LONG_TOOL_S, run_tool, tail
 
 
 class CorruptBackupError(ClusterError):
@@ -27,7 +29,9 @@ def check_physical(settings: Settings, path: Path, user: ServiceUser) -> None:
     if not (path / "backup_manifest").is_file():
         raise CorruptBackupError(f"{path} has no backup_manifest; it is not a complete base backup")
     argv = [str(settings.postgresql.bin_dir / "pg_verifybackup"), "--quiet", str(path)]
-    result = subprocess.run(as_user(user, argv), capture_output=True, text=True, check=False)
+    result = run_tool(
+        argv, what=f"pg_verifybackup of {path}", timeout=LONG_TOOL_S, user=user, check=False
+    )
     if result.returncode != 0:
         lines = (result.stderr or result.stdout).strip().splitlines()
         shown = "; ".join(lines[:5]) + (f" (and {len(lines) - 5} more)" if len(lines) > 5 else "")
@@ -43,9 +47,9 @@ def check_logical(settings: Settings, info: BackupInfo, path: Path) -> None:
             f"{path} has changed since it was written: SHA-256 {actual}, recorded {info.sha256}"
         )
     argv = [str(settings.postgresql.bin_dir / "pg_restore"), "--list", str(path)]
-    result = subprocess.run(argv, capture_output=True, text=True, check=False)
+    result = run_tool(argv, what=f"pg_restore --list {path}", timeout=300, check=False)
     if result.returncode != 0:
-        raise CorruptBackupError(f"pg_restore cannot read {path}: {result.stderr.strip()}")
+        raise CorruptBackupError(f"pg_restore cannot read {path}: {tail(result.stderr)}")
 
 
 def check_checksums(settings: Settings, repo: BackupRepo, info: BackupInfo) -> None:
@@ -103,13 +107,11 @@ def _restore_test_logical(
             "--encoding=UTF8",
             "--locale=C.UTF-8",
         ]
-        result = subprocess.run(as_user(user, initdb), capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            raise ClusterError(f"initdb for the restore test failed: {result.stderr.strip()}")
+        run_tool(initdb, what="initdb for the restore test", timeout=300, user=user)
         dbname = info.database or settings.database.name
         with throwaway_instance(settings, work / "data", work, user) as instance:
             with instance.connect() as conn:
-                conn.execute(f'CREATE DATABASE "{dbname}"')
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
             progress(f"restoring the dump into it (pg_restore, {size(info.size_bytes)})")
             restore = [
                 str(settings.postgresql.bin_dir / "pg_restore"),
@@ -122,11 +124,11 @@ def _restore_test_logical(
                 "--exit-on-error",
                 str(path),
             ]
-            done = subprocess.run(
-                as_user(user, restore), capture_output=True, text=True, check=False
+            done = run_tool(
+                restore, what=f"pg_restore of {path}", timeout=LONG_TOOL_S, user=user, check=False
             )
             if done.returncode != 0:
-                raise CorruptBackupError(f"pg_restore of {path} failed: {done.stderr.strip()}")
+                raise CorruptBackupError(f"pg_restore of {path} failed: {tail(done.stderr)}")
             with instance.connect(dbname) as conn:
                 row = conn.execute(
                     "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from videodb.cluster.supervisor import (
 from videodb.config import Settings
 from videodb.errors import ClusterError, TimeoutExpired
 from videodb.layout import ServiceUser, StateLayout, service_user
+from videodb.runner import run_tool
 from videodb.secrets import ClusterSecrets, ensure_secrets, write_pgpass, write_private
 from videodb.waiting import wait_for
 
@@ -134,10 +134,10 @@ def prepare_state(
 
 
 def validate_haproxy(tools: render.Toolchain, layout: StateLayout) -> None:
-    result = subprocess.run(
+    result = run_tool(
         [str(tools.haproxy), "-c", "-q", "-f", str(layout.haproxy_config())],
-        capture_output=True,
-        text=True,
+        what="haproxy -c",
+        timeout=30,
         check=False,
     )
     if result.returncode != 0:
@@ -299,12 +299,9 @@ def postmaster_pid(data_dir: Path) -> int | None:
 
 
 def pg_ctl_stop(settings: Settings, data_dir: Path) -> None:
-    user = service_user()
     argv = [str(settings.postgresql.bin_dir / "pg_ctl"), "stop", "-m", "fast", "-w", "-D"]
     argv.append(str(data_dir))
-    if not user.is_current:
-        argv = ["runuser", "-u", user.name, "--", *argv]
-    subprocess.run(argv, capture_output=True, check=False, timeout=120)
+    run_tool(argv, what=f"pg_ctl stop of {data_dir}", timeout=120, user=service_user(), check=False)
     if postmaster_pid(data_dir) is not None:
         raise ClusterError(
             f"postgres in {data_dir} did not stop; see its log under the state directory's logs/"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
 import sys
 import time
 import xmlrpc.client
@@ -16,6 +15,7 @@ from supervisor.xmlrpc import SupervisorTransport, UnixStreamHTTPConnection
 
 from videodb.errors import ClusterError, NotRunningError
 from videodb.layout import StateLayout
+from videodb.runner import run_tool
 from videodb.waiting import wait_for
 
 
@@ -156,10 +156,11 @@ def start_supervisord(layout: StateLayout, timeout: float = 15.0) -> Supervisor:
         raise ClusterError(
             f"{binary} not found; run the CLI from the project's environment ('platform.sh ...')"
         )
-    result = subprocess.run(
+    # Every program inherits supervisord's environment: a clean one (no PGPASSWORD...).
+    result = run_tool(
         [str(binary), "-c", str(layout.supervisor_config())],
-        capture_output=True,
-        text=True,
+        what="supervisord",
+        timeout=timeout,
         check=False,
     )
     if result.returncode != 0:

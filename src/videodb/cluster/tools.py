@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from videodb.cluster.patroni_api import PatroniAPI
@@ -10,6 +9,7 @@ from videodb.cluster.render import APP_PROGRAMS, ETCD_PROGRAM, HAPROXY_PROGRAM
 from videodb.config import Settings
 from videodb.errors import ClusterError, ConfigError
 from videodb.layout import StateLayout
+from videodb.runner import tool_env
 
 
 def psql_command(
@@ -28,8 +28,9 @@ def psql_command(
         "--no-password",
     ]
     if sql is not None:
-        argv += ["-v", "ON_ERROR_STOP=1", f"--command={sql}"]
-    env = {**os.environ, "PGPASSFILE": str(layout.pgpass())}
+        # No ~/.psqlrc for a scripted command: its output must not depend on the operator's.
+        argv += ["--no-psqlrc", "-v", "ON_ERROR_STOP=1", f"--command={sql}"]
+    env = tool_env(PGPASSFILE=str(layout.pgpass()))
     return argv, env
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import uvicorn
 from fastapi import FastAPI
 
+from videodb import pgenv
 from videodb.errors import VideoDBError
 from videodb.services import metadata, streaming, upload
 from videodb.services.runtime import SERVICES, AppConfig, ServiceName
@@ -45,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("service", choices=SERVICES)
     parser.add_argument("--config", type=Path, required=True, help="conf/apps.json")
     args = parser.parse_args(argv)
+    pgenv.scrub()  # the data layer's connections take nothing from PGPASSWORD, PGSERVICE...
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
