@@ -39,7 +39,7 @@ from videodb.cluster import (
 )
 from videodb.cluster.haproxy_stats import fetch_server_status, stats_url
 from videodb.config import LoadedSettings, Settings, default_config_file, load_settings, redacted
-from videodb.errors import ConfigError, VideoDBError
+from videodb.errors import ConfigError, NotRunningError, VideoDBError
 from videodb.layout import StateLayout, project_home, resolve_layout
 from videodb.secrets import load_secrets
 
@@ -90,6 +90,16 @@ class Context:
     def settings(self) -> Settings:
         """The config's settings plus the replicas added with add-replica."""
         return topology.with_extra_nodes(self.loaded().settings, self.layout())
+
+    def require_running(self) -> None:
+        """Refuse to ask the cluster anything unless this state directory's platform runs: its
+        ports may be held by another cluster (or anything else) while ours is stopped."""
+        layout = self.layout()
+        if not lifecycle.is_running(layout):
+            raise NotRunningError(
+                f"the platform in state directory {layout.root} is not running; start it with "
+                "'platform.sh start video'"
+            )
 
 
 def _ctx(ctx: typer.Context) -> Context:
@@ -298,7 +308,18 @@ def destroy(
 def status_cmd(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """Every process with its role, pid, port and health. Exit 1 if unhealthy, 3 if stopped."""
     c = _ctx(ctx)
-    report = status.platform_status(c.settings(), c.layout())
+    layout = c.layout()
+    if status.never_started(layout):
+        if as_json:
+            _print_json({"running": False, "started": False, "state_dir": str(layout.root)})
+        else:
+            out.print(
+                f"nothing was ever started in state directory {layout.root}; start the platform "
+                "there with 'platform.sh start video' (or pass the --state-dir you started)",
+                highlight=False,
+            )
+        raise typer.Exit(3)
+    report = status.platform_status(c.settings(), layout)
     if as_json:
         _print_json(report.as_dict())
     else:
@@ -322,6 +343,7 @@ def replication_status(
     Exit 1 when a replica is not streaming or lags more than --max-lag seconds.
     """
     c = _ctx(ctx)
+    c.require_running()
     layout = c.layout()
     report = replication.replication_report(c.settings(), load_secrets(layout), max_lag_s=max_lag)
     if as_json:
@@ -342,10 +364,12 @@ def haproxy_stats(
     as_json: JsonOpt = False,
 ) -> None:
     """Each HAProxy backend server: UP/DOWN, sessions, response time."""
-    settings = _ctx(ctx).settings()
+    c = _ctx(ctx)
+    settings = c.settings()
     if url:
         out.print(stats_url(settings), highlight=False)
         return
+    c.require_running()
     servers = fetch_server_status(settings)
     if as_json:
         _print_json({"url": stats_url(settings), "servers": [s.as_dict() for s in servers]})
@@ -388,6 +412,7 @@ def shell_video(
 ) -> None:
     """psql as the superuser on the current master, database video_platform."""
     c = _ctx(ctx)
+    c.require_running()
     argv, env = tools.psql_command(c.settings(), c.layout(), command)
     sys.stdout.flush()
     if command is not None:
@@ -407,6 +432,7 @@ def promote_slave(
 ) -> None:
     """EMERGENCY: promote the slave to master. The old master rejoins as a replica."""
     c = _ctx(ctx)
+    c.require_running()
     settings = c.settings()
     secrets = load_secrets(c.layout())
     candidate = promote.choose_candidate(settings, to)
@@ -439,6 +465,7 @@ def switchover(
 ) -> None:
     """Planned switch of roles: waits until the candidate has replayed everything first."""
     c = _ctx(ctx)
+    c.require_running()
     settings = c.settings()
     result = ha.switchover(settings, load_secrets(c.layout()), to, timeout=timeout)
     if as_json:
@@ -459,6 +486,7 @@ def maintenance(
     if state not in ("on", "off"):
         raise ConfigError(f"maintenance takes 'on' or 'off', not {state!r}")
     c = _ctx(ctx)
+    c.require_running()
     ha.set_maintenance(c.settings(), load_secrets(c.layout()), state == "on")
     out.print(
         "maintenance on: nothing is promoted automatically; 'promote-slave' still works"
@@ -475,6 +503,7 @@ def wait_sync(
 ) -> None:
     """Wait until every replica has replayed the master's current LSN; exit 1 if not in time."""
     c = _ctx(ctx)
+    c.require_running()
     report = ha.wait_sync(c.settings(), load_secrets(c.layout()), timeout=timeout)
     if as_json:
         _print_json(report.as_dict())
@@ -496,6 +525,7 @@ def rejoin(
 ) -> None:
     """Force a replica to re-clone from the master and stream again."""
     c = _ctx(ctx)
+    c.require_running()
     elapsed = ha.rejoin(c.settings(), load_secrets(c.layout()), node, timeout=timeout)
     out.print(f"{node} streams from the master again ({elapsed:.1f} s)")
 
@@ -515,6 +545,7 @@ def add_replica(
 ) -> None:
     """Add a read replica: it clones from the master, streams, then joins the read port."""
     c = _ctx(ctx)
+    c.require_running()
     progress = _progress(as_json)
 
     _, change = topology.add_replica(
@@ -540,6 +571,7 @@ def remove_replica(
 ) -> None:
     """Remove a replica: out of HAProxy first (drained), then stopped, its data deleted."""
     c = _ctx(ctx)
+    c.require_running()
     progress = _progress(as_json)
 
     _, change = topology.remove_replica(
@@ -568,6 +600,7 @@ def failover_test(
     Exit 1 if a run lost an acknowledged write, saw two masters at once, or did not heal.
     """
     c = _ctx(ctx)
+    c.require_running()
     progress = _progress(as_json)
 
     report = drill.run_drills(
@@ -603,6 +636,7 @@ def backup_video(
     """Back up from the master into the repository: a pg_dump of video_platform (the guide's),
     or with --physical a base backup. Progress on stderr; 'backup list' shows them."""
     c = _ctx(ctx)
+    c.require_running()
     layout = c.layout()
     progress = _progress(as_json)
     secrets = load_secrets(layout)
@@ -809,7 +843,9 @@ def migrate(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     from videodb.db import DataLayer, DataSourceSettings
     from videodb.services.schema import migrate as run_migrations
 
-    layer = DataLayer(DataSourceSettings.for_platform(_ctx(ctx).settings()))
+    c = _ctx(ctx)
+    c.require_running()
+    layer = DataLayer(DataSourceSettings.for_platform(c.settings()))
     try:
         result = run_migrations(layer)
     finally:

@@ -25,6 +25,25 @@ def test_second_start_says_already_running_and_changes_nothing(cluster: RunningC
     assert after["healthy"] is True
 
 
+def test_status_of_another_state_directory_never_asks_this_cluster(
+    cluster: RunningCluster, tmp_path: Path
+) -> None:
+    """Same ports, other state directory: this cluster's processes are not that one's."""
+    empty = tmp_path / "never-started"
+    result = cluster.cli("--state-dir", str(empty), "status")
+    assert result.rc == 3 and "nothing was ever started" in result.stdout
+    assert "timeline" not in result.stdout and "streaming" not in result.stdout
+    assert cluster.cli("--state-dir", str(empty), "haproxy-stats").rc == 3
+    # Started there once, stopped now: every process STOPPED, and still nothing asked.
+    (empty / "conf").mkdir(parents=True)
+    (empty / "conf" / "supervisord.conf").write_text("; started once\n")
+    report = cluster.cli_json("--state-dir", str(empty), "status", expect_rc=3)
+    assert report["running"] is False and report["started"] is True
+    for service in report["services"]:
+        assert service["state"] == "STOPPED" and not service["healthy"], service
+        assert "timeline" not in service["detail"] and "streaming" not in service["detail"]
+
+
 def test_status_lists_every_process_with_role_pid_port(cluster: RunningCluster) -> None:
     report = cluster.cli_json("status")
     by_name = {s["name"]: s for s in report["services"]}

@@ -41,10 +41,20 @@ class PlatformStatus:
         return self.running and all(s.healthy for s in self.services)
 
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "healthy": self.healthy}
+        return {**asdict(self), "started": True, "healthy": self.healthy}
+
+
+def never_started(layout: StateLayout) -> bool:
+    """No platform was ever started in this state directory (no generated supervisord.conf)."""
+    return not layout.supervisor_config().exists()
 
 
 def platform_status(settings: Settings, layout: StateLayout) -> PlatformStatus:
+    """What this state directory started, and how it is doing.
+
+    Only processes this state directory's supervisord runs are asked anything: a port that
+    another cluster (or anything else) holds while ours is stopped is never probed.
+    """
     sup_pid = supervisord_pid(layout)
     programs: dict[str, ProgramStatus] = {}
     if sup_pid is not None:
@@ -60,6 +70,7 @@ def platform_status(settings: Settings, layout: StateLayout) -> PlatformStatus:
 
     state, pid = prog(ETCD_PROGRAM)
     etcd_ok = etcd_healthy(settings) if state == "RUNNING" else False
+    running = {name for name, p in programs.items() if p.state == "RUNNING"}
     status.services.append(
         ServiceStatus(
             ETCD_PROGRAM,
@@ -68,15 +79,30 @@ def platform_status(settings: Settings, layout: StateLayout) -> PlatformStatus:
             etcd_ok,
             pid,
             {"client": settings.etcd.client_port, "peer": settings.etcd.peer_port},
-            detail="" if etcd_ok else "etcd not healthy",
+            detail="" if etcd_ok else ("etcd not healthy" if state == "RUNNING" else "not running"),
         )
     )
     api = PatroniAPI(settings)
     for node in settings.nodes:
         state, pid = prog(node.name)
-        member = api.member(node)
         pm_pid = postmaster_pid(layout.node_data(node.name))
-        healthy = state == "RUNNING" and member.healthy
+        if node.name not in running:
+            status.services.append(
+                ServiceStatus(
+                    node.name,
+                    "down",
+                    state,
+                    False,
+                    pid,
+                    {"postgres": node.port, "api": node.api_port},
+                    postgres_pid=pm_pid,
+                    detail="Patroni not running"
+                    + (f"; its postgres is still up (pid {pm_pid})" if pm_pid else ""),
+                )
+            )
+            continue
+        member = api.member(node)
+        healthy = member.healthy
         if not member.reachable:
             detail = "Patroni not reachable"
         elif member.state != "running":
