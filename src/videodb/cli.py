@@ -198,10 +198,12 @@ def start(
     if target not in ("video", "apps"):
         raise ConfigError(f"unknown target {target!r}; use 'start video' or 'start apps'")
     c = _ctx(ctx)
+    given = set()
     for key, value in (("failover", failover), ("replication", replication), ("profile", profile)):
         if value is not None:
             c.assignments.append(f"patroni.{key}={value}")
             c.flag_names[f"patroni.{key}"] = f"--{key}"
+            given.add(key)
     settings = c.settings()
     layout = c.layout()
     progress = _progress(as_json)
@@ -215,7 +217,9 @@ def start(
             out.print(f"the page: http://{settings.listen_host}:{settings.apps.web_port}/")
         return
 
-    result = lifecycle.start(settings, layout, timeout=timeout, progress=progress)
+    result = lifecycle.start(
+        settings, layout, timeout=timeout, progress=progress, flags=frozenset(given)
+    )
     states = []
     if settings.apps.autostart:
         states = apps.start_apps(settings, layout, progress=progress)
@@ -225,6 +229,7 @@ def start(
         _print_json(
             {
                 "already_running": result.already_running,
+                "changes": result.changes,
                 "state_dir": str(result.state_dir),
                 "elapsed_s": round(result.elapsed_s, 2),
                 "primary": result.primary,
@@ -233,7 +238,16 @@ def start(
             }
         )
         return
-    if result.already_running:
+    if result.already_running and result.changes:
+        out.print(
+            f"already running (state {result.state_dir}); applied without a restart: "
+            + "; ".join(result.changes)
+        )
+    elif result.already_running and given:
+        asked = ", ".join(f"--{k} {v}" for k, v in (("failover", failover), ("replication",
+            replication), ("profile", profile)) if v is not None)
+        out.print(f"already running (state {result.state_dir}); {asked} already in effect")
+    elif result.already_running:
         out.print(f"already running (state {result.state_dir}); nothing changed")
     else:
         out.print(f"cluster healthy in {result.elapsed_s:.1f} s; primary is {result.primary}")

@@ -25,6 +25,25 @@ def test_second_start_says_already_running_and_changes_nothing(cluster: RunningC
     assert after["healthy"] is True
 
 
+def test_start_with_a_changed_flag_applies_it_to_the_running_cluster(
+    cluster: RunningCluster,
+) -> None:
+    """start video --replication sync on a running async cluster: applied and said, no restart."""
+    before = {s["name"]: s["pid"] for s in cluster.cli_json("status")["services"]}
+    try:
+        result = cluster.cli("start", "video", "--replication", "sync")
+        assert result.rc == 0, result
+        assert "replication: async -> sync" in result.stdout
+        assert cluster.cli_json("replication-status")["replicas"][0]["sync_state"] == "sync"
+        again = cluster.cli_json("start", "video", "--replication", "sync")
+        assert again["already_running"] is True and again["changes"] == []
+    finally:
+        back = cluster.cli_json("start", "video", "--replication", "async")
+    assert back["changes"] == ["replication: sync -> async"]
+    after = {s["name"]: s["pid"] for s in cluster.cli_json("status")["services"]}
+    assert after == before  # applied live: nothing was restarted
+
+
 def test_status_of_another_state_directory_never_asks_this_cluster(
     cluster: RunningCluster, tmp_path: Path
 ) -> None:

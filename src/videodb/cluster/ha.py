@@ -10,10 +10,11 @@ from typing import Any
 import psycopg
 
 from videodb.cluster import render
+from videodb.cluster.health import sync_standby_chosen
 from videodb.cluster.patroni_api import PatroniAPI, Role
 from videodb.cluster.pg import connect_superuser
 from videodb.cluster.promote import choose_candidate, wait_routed
-from videodb.config import Settings
+from videodb.config import TIMING_PROFILES, Settings
 from videodb.errors import ClusterError, TimeoutExpired
 from videodb.secrets import ClusterSecrets
 from videodb.waiting import wait_for
@@ -24,6 +25,81 @@ def apply_dynamic_config(settings: Settings, secrets: ClusterSecrets) -> dict[st
     desired = render.dynamic_config(settings)
     PatroniAPI(settings, secrets.api_password).patch_config(desired)
     return desired
+
+
+# The dynamic (etcd) keys each of start's flags sets.
+FLAG_KEYS: dict[str, tuple[str, ...]] = {
+    "failover": ("pause",),
+    "replication": ("synchronous_mode", "synchronous_mode_strict"),
+    "profile": ("ttl", "loop_wait", "retry_timeout"),
+}
+
+
+def describe_setting(flag: str, config: dict[str, Any]) -> str:
+    """What a flag's keys in a dynamic configuration amount to, in the flag's own words."""
+    if flag == "failover":
+        return "manual" if config.get("pause") else "automatic"
+    if flag == "replication":
+        if not config.get("synchronous_mode"):
+            return "async"
+        return "sync-strict" if config.get("synchronous_mode_strict") else "sync"
+    timings = tuple(config.get(k) for k in FLAG_KEYS["profile"])
+    for name, values in TIMING_PROFILES.items():
+        if timings == values:
+            return name
+    return "ttl {}, loop_wait {}, retry_timeout {}".format(*timings)
+
+
+def reconfigure(settings: Settings, secrets: ClusterSecrets, flags: set[str]) -> list[str]:
+    """Apply start's --failover / --replication / --profile to a running cluster.
+
+    Only the flags given are applied (a plain 'start' must not, say, undo 'maintenance on').
+    Returns one line per change made, as "replication: async -> sync"; an empty list when
+    everything asked was already in effect.
+    """
+    api = PatroniAPI(settings, secrets.api_password)
+    current = api.cluster_config()
+    if current is None:
+        raise ClusterError("no Patroni REST API answers; see 'platform.sh status'")
+    desired = render.dynamic_config(settings)
+    patch: dict[str, Any] = {}
+    changes: list[str] = []
+    for flag in sorted(flags):
+        keys = FLAG_KEYS[flag]
+        wanted = {k: desired[k] for k in keys}
+        if all(current.get(k, _PATRONI_DEFAULTS.get(k)) == v for k, v in wanted.items()):
+            continue
+        before = describe_setting(flag, {**_PATRONI_DEFAULTS, **current})
+        changes.append(f"{flag}: {before} -> {describe_setting(flag, wanted)}")
+        patch.update(wanted)
+    if not patch:
+        return []
+    api.patch_config(patch)
+
+    def applied() -> bool:
+        now = api.cluster_config() or {}
+        return all(now.get(k) == v for k, v in patch.items())
+
+    wait_for(applied, timeout=10, what="the new settings in etcd")
+    if "replication" in flags and settings.patroni.replication != "async":
+        wait_for(
+            lambda: sync_standby_chosen(settings),
+            timeout=30,
+            what="a synchronous standby",
+            hint="see 'platform.sh replication-status'",
+        )
+    return changes
+
+
+# What Patroni assumes for a key that its dynamic configuration does not hold.
+_PATRONI_DEFAULTS: dict[str, Any] = {
+    "pause": False,
+    "synchronous_mode": False,
+    "synchronous_mode_strict": False,
+    "ttl": 30,
+    "loop_wait": 10,
+    "retry_timeout": 10,
+}
 
 
 def set_maintenance(settings: Settings, secrets: ClusterSecrets, on: bool) -> bool:

@@ -12,7 +12,7 @@ from pathlib import Path
 from videodb.backups.archive import archive_script
 from videodb.backups.repo import ready_repo, repo_for
 from videodb.cluster import render
-from videodb.cluster.ha import apply_dynamic_config, is_paused
+from videodb.cluster.ha import apply_dynamic_config, is_paused, reconfigure
 from videodb.cluster.health import (
     HealthReport,
     check_health,
@@ -32,7 +32,13 @@ from videodb.config import Settings
 from videodb.errors import ClusterError, TimeoutExpired
 from videodb.layout import ServiceUser, StateLayout, service_user
 from videodb.runner import run_tool
-from videodb.secrets import ClusterSecrets, ensure_secrets, write_pgpass, write_private
+from videodb.secrets import (
+    ClusterSecrets,
+    ensure_secrets,
+    load_secrets,
+    write_pgpass,
+    write_private,
+)
 from videodb.waiting import wait_for
 
 Progress = Callable[[str], None]
@@ -49,6 +55,7 @@ class StartResult:
     elapsed_s: float
     primary: str | None
     warnings: list[str] = field(default_factory=list)
+    changes: list[str] = field(default_factory=list)  # applied to a running cluster
 
 
 @dataclass
@@ -157,7 +164,13 @@ def start(
     *,
     timeout: float = 180.0,
     progress: Progress = _quiet,
+    flags: frozenset[str] = frozenset(),
 ) -> StartResult:
+    """Start the platform and wait until it is healthy.
+
+    On a running platform nothing is restarted; the dynamic settings named in `flags`
+    ('failover', 'replication', 'profile': those given on the command line) are applied.
+    """
     began = time.monotonic()
     warnings = []
     if settings.uses_dev_password():
@@ -166,8 +179,14 @@ def start(
             "password; set DB_PASSWORD (or database.app_password) for anything but development"
         )
     if is_running(layout):
+        changes = []
+        if flags:
+            progress(f"already running: applying {', '.join(f'--{f}' for f in sorted(flags))}")
+            changes = reconfigure(settings, load_secrets(layout), set(flags))
         report = check_health(settings)
-        return StartResult(True, layout.root, 0.0, report.primary, warnings)
+        return StartResult(
+            True, layout.root, time.monotonic() - began, report.primary, warnings, changes
+        )
     user = service_user()
     progress("checking ports and binaries")
     tools = check_prerequisites(settings, layout, user)
