@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, Literal, NoReturn
 
 import typer
 from rich.console import Console
@@ -39,6 +39,7 @@ from videodb.cluster import (
 )
 from videodb.cluster.haproxy_stats import fetch_server_status, stats_url
 from videodb.config import LoadedSettings, Settings, default_config_file, load_settings, redacted
+from videodb.config_toml import render_config
 from videodb.errors import ConfigError, NotRunningError, VideoDBError
 from videodb.layout import StateLayout, project_home, resolve_layout
 from videodb.secrets import load_secrets
@@ -54,12 +55,43 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain Click help: no <bool> on flags, choices in the usage
+    epilog=(
+        "\b\nExamples:\n"
+        "  platform.sh start video                  start everything, wait until healthy\n"
+        "  platform.sh status                       every process, its role and health\n"
+        "  platform.sh replication-status --json    lag per replica, for scripts\n"
+        "  platform.sh --port-offset 100 start video   a second platform beside the first\n"
+        "  platform.sh COMMAND --help               one command's options and examples"
+    ),
 )
 # Tables stay readable when piped (rich would otherwise assume 80 columns).
 out = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Do not ask for confirmation.")]
+
+# The choices of the flags that take one (Click checks them before a command runs).
+StartTarget = Literal["video", "apps"]
+StopTarget = Literal["all", "video", "apps"]
+FailoverChoice = Literal["automatic", "manual"]
+ReplicationChoice = Literal["async", "sync", "sync-strict"]
+ProfileChoice = Literal["fast", "default", "safe"]
+FaultChoice = Literal["kill-postgres", "kill-node", "freeze", "switchover"]
+OnOff = Literal["on", "off"]
+
+
+def examples(*lines: str) -> str:
+    """A command's epilog: example invocations, kept as written (\\b stops Click's rewrapping)."""
+    return "\b\nExamples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+def confirm(question: str) -> None:
+    """Ask before a destructive step; with no terminal to ask on, refuse and name --force."""
+    if not sys.stdin.isatty():
+        raise ConfigError(f"{question} -- no terminal to confirm on; pass --force")
+    typer.confirm(question, abort=True)
 
 
 @dataclass
@@ -141,6 +173,7 @@ def main_options(
         Path | None,
         typer.Option(
             "--config",
+            metavar="FILE",
             envvar="VIDEODB_CONFIG",
             help="TOML config file (default: config/platform.toml in the checkout).",
         ),
@@ -149,6 +182,7 @@ def main_options(
         Path | None,
         typer.Option(
             "--state-dir",
+            metavar="DIR",
             help="Where data, logs, configs and secrets live (default: .state in the checkout; "
             "env VIDEODB_STATE_DIR).",
         ),
@@ -162,41 +196,74 @@ def main_options(
             "Environment: VIDEODB__HAPROXY__WRITE_PORT=6435; DB_USERNAME / DB_PASSWORD.",
         ),
     ] = None,
+    port_offset: Annotated[
+        int | None,
+        typer.Option(
+            "--port-offset",
+            metavar="N",
+            min=0,
+            help="Add N to every port and use the state directory .state-N: a second platform "
+            "beside the first, e.g. --port-offset 100 (write port 5535). Env VIDEODB_PORT_OFFSET.",
+        ),
+    ] = None,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Show version.")
     ] = False,
 ) -> None:
-    ctx.obj = Context(config, state_dir, list(assignments or []))
+    sets = list(assignments or [])
+    flag_names: dict[str, str] = {}
+    if port_offset is not None:
+        sets.append(f"port_offset={port_offset}")
+        flag_names["port_offset"] = "--port-offset"
+    ctx.obj = Context(config, state_dir, sets, flag_names)
 
 
-@app.command()
+@app.command(
+    epilog=examples(
+        "platform.sh start video",
+        "platform.sh start video --replication sync --profile default",
+        "platform.sh start video --failover manual   # only promote-slave promotes",
+        "platform.sh start apps",
+        "platform.sh --port-offset 100 start video   # a second platform: write port 5535",
+    )
+)
 def start(
     ctx: typer.Context,
     target: Annotated[
-        str,
+        StartTarget,
         typer.Argument(
             help="'video': the cluster, then the applications (unless apps.autostart is false); "
             "'apps': only the applications, on a running cluster."
         ),
     ] = "video",
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for a healthy cluster.")] = 180.0,
+    timeout: Annotated[
+        float, typer.Option(metavar="SECONDS", help="Seconds to wait for a healthy cluster.")
+    ] = 180.0,
     failover: Annotated[
-        str | None,
-        typer.Option(help="automatic (Patroni promotes by itself) or manual (promote-slave only)."),
+        FailoverChoice | None,
+        typer.Option(
+            help="automatic: Patroni promotes by itself; manual: only promote-slave does. "
+            "Applied live to a running cluster."
+        ),
     ] = None,
     replication: Annotated[
-        str | None,
-        typer.Option(help="async, sync, or sync-strict (writes block with no sync standby)."),
+        ReplicationChoice | None,
+        typer.Option(
+            help="async (the guide's), sync, or sync-strict (writes block with no sync standby). "
+            "Applied live to a running cluster."
+        ),
     ] = None,
     profile: Annotated[
-        str | None, typer.Option(help="Patroni timings: fast (ttl 20), default (30), safe (60).")
+        ProfileChoice | None,
+        typer.Option(
+            help="Patroni timings: fast (ttl 20), default (30), safe (60). Applied live to a "
+            "running cluster."
+        ),
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Start etcd, both PostgreSQL nodes (Patroni) and HAProxy, wait until healthy, migrate the
     schema, then start the upload, metadata and streaming applications and wait until ready."""
-    if target not in ("video", "apps"):
-        raise ConfigError(f"unknown target {target!r}; use 'start video' or 'start apps'")
     c = _ctx(ctx)
     given = set()
     for key, value in (("failover", failover), ("replication", replication), ("profile", profile)):
@@ -244,8 +311,11 @@ def start(
             + "; ".join(result.changes)
         )
     elif result.already_running and given:
-        asked = ", ".join(f"--{k} {v}" for k, v in (("failover", failover), ("replication",
-            replication), ("profile", profile)) if v is not None)
+        asked = ", ".join(
+            f"--{k} {v}"
+            for k, v in (("failover", failover), ("replication", replication), ("profile", profile))
+            if v is not None
+        )
         out.print(f"already running (state {result.state_dir}); {asked} already in effect")
     elif result.already_running:
         out.print(f"already running (state {result.state_dir}); nothing changed")
@@ -262,14 +332,13 @@ def start(
 def stop(
     ctx: typer.Context,
     target: Annotated[
-        str, typer.Argument(help="'all' (everything) or 'apps' (only the applications).")
+        StopTarget,
+        typer.Argument(help="all or video: everything; apps: only the applications."),
     ] = "all",
     as_json: JsonOpt = False,
 ) -> None:
     """Stop every process of the platform (or only the applications). The data stays."""
     c = _ctx(ctx)
-    if target not in ("all", "video", "apps"):
-        raise ConfigError(f"unknown target {target!r}; use 'stop', 'stop all' or 'stop apps'")
     if target == "apps":
         stopped = apps.stop_apps(c.layout())
         if as_json:
@@ -287,7 +356,9 @@ def stop(
 @app.command()
 def restart(
     ctx: typer.Context,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for a healthy cluster.")] = 180.0,
+    timeout: Annotated[
+        float, typer.Option(metavar="SECONDS", help="Seconds to wait for a healthy cluster.")
+    ] = 180.0,
 ) -> None:
     """Stop, then start again (applies a changed config)."""
     stop(ctx, target="all", as_json=False)
@@ -305,20 +376,25 @@ def restart(
 @app.command()
 def destroy(
     ctx: typer.Context,
-    force: Annotated[bool, typer.Option("--force", help="Do not ask.")] = False,
+    force: ForceOpt = False,
 ) -> None:
     """Stop everything and delete the state directory: data, logs, secrets and backups."""
     c = _ctx(ctx)
     layout = c.layout()
     if not force:
-        typer.confirm(
-            f"Delete {layout.root} with all its data, logs, secrets and backups?", abort=True
-        )
+        confirm(f"Delete {layout.root} with all its data, logs, secrets and backups?")
     lifecycle.destroy(c.settings(), layout)
     out.print(f"removed {layout.root}")
 
 
-@app.command("status")
+@app.command(
+    "status",
+    epilog=examples(
+        "platform.sh status",
+        "platform.sh status --json | jq '.services[] | {name, role, healthy}'",
+        "platform.sh --state-dir /srv/videodb status",
+    ),
+)
 def status_cmd(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """Every process with its role, pid, port and health. Exit 1 if unhealthy, 3 if stopped."""
     c = _ctx(ctx)
@@ -344,7 +420,13 @@ def status_cmd(ctx: typer.Context, as_json: JsonOpt = False) -> None:
         raise typer.Exit(1)
 
 
-@app.command("replication-status")
+@app.command(
+    "replication-status",
+    epilog=examples(
+        "platform.sh replication-status",
+        "platform.sh replication-status --max-lag 1 --json",
+    ),
+)
 def replication_status(
     ctx: typer.Context,
     max_lag: Annotated[
@@ -371,7 +453,13 @@ def replication_status(
         raise typer.Exit(1)
 
 
-@app.command("haproxy-stats")
+@app.command(
+    "haproxy-stats",
+    epilog=examples(
+        "platform.sh haproxy-stats",
+        "platform.sh haproxy-stats --url",
+    ),
+)
 def haproxy_stats(
     ctx: typer.Context,
     url: Annotated[bool, typer.Option("--url", help="Only print the stats page address.")] = False,
@@ -394,7 +482,12 @@ def haproxy_stats(
         )
 
 
-@app.command()
+@app.command(
+    epilog=examples(
+        "platform.sh logs postgres-video-master -n 50",
+        "platform.sh logs haproxy-postgres -f",
+    )
+)
 def logs(
     ctx: typer.Context,
     service: Annotated[
@@ -407,7 +500,9 @@ def logs(
     follow: Annotated[
         bool, typer.Option("-f", "--follow", help="Keep printing new lines.")
     ] = False,
-    lines: Annotated[int, typer.Option("-n", "--lines", help="Lines to show.", min=0)] = 100,
+    lines: Annotated[
+        int, typer.Option("-n", "--lines", metavar="N", help="Lines to show.", min=0)
+    ] = 100,
 ) -> None:
     """A service's logs (Patroni's and PostgreSQL's for a database node)."""
     c = _ctx(ctx)
@@ -417,11 +512,17 @@ def logs(
     os.execvp(argv[0], argv)
 
 
-@app.command("shell-video")
+@app.command(
+    "shell-video",
+    epilog=examples(
+        "platform.sh shell-video",
+        "platform.sh shell-video -c 'SELECT * FROM pg_stat_replication'",
+    ),
+)
 def shell_video(
     ctx: typer.Context,
     command: Annotated[
-        str | None, typer.Option("-c", "--command", help="Run one SQL command.")
+        str | None, typer.Option("-c", "--command", metavar="SQL", help="Run one SQL command.")
     ] = None,
 ) -> None:
     """psql as the superuser on the current master, database video_platform."""
@@ -434,14 +535,23 @@ def shell_video(
     os.execve(argv[0], argv, env)
 
 
-@app.command("promote-slave")
+@app.command(
+    "promote-slave",
+    epilog=examples(
+        "platform.sh promote-slave",
+        "platform.sh promote-slave --to postgres-video-slave --force --json",
+    ),
+)
 def promote_slave(
     ctx: typer.Context,
     to: Annotated[
-        str | None, typer.Option("--to", help="Node to promote (default: the slave).")
+        str | None,
+        typer.Option("--to", metavar="NODE", help="Node to promote (default: the slave)."),
     ] = None,
-    force: Annotated[bool, typer.Option("--force", help="Do not ask for confirmation.")] = False,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for the new master.")] = 60.0,
+    force: ForceOpt = False,
+    timeout: Annotated[
+        float, typer.Option(metavar="SECONDS", help="Seconds to wait for the new master.")
+    ] = 60.0,
     as_json: JsonOpt = False,
 ) -> None:
     """EMERGENCY: promote the slave to master. The old master rejoins as a replica."""
@@ -451,9 +561,7 @@ def promote_slave(
     secrets = load_secrets(c.layout())
     candidate = promote.choose_candidate(settings, to)
     if not force:
-        typer.confirm(
-            f"Promote {candidate} to master? Writes pause until it is promoted.", abort=True
-        )
+        confirm(f"Promote {candidate} to master? Writes pause until it is promoted.")
     result = promote.promote(settings, secrets, candidate, timeout=timeout)
     if as_json:
         _print_json(
@@ -470,11 +578,18 @@ def promote_slave(
         )
 
 
-@app.command()
+@app.command(
+    epilog=examples(
+        "platform.sh switchover",
+        "platform.sh switchover --to postgres-video-master",
+    )
+)
 def switchover(
     ctx: typer.Context,
-    to: Annotated[str | None, typer.Option("--to", help="Node to switch to.")] = None,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait.")] = 60.0,
+    to: Annotated[
+        str | None, typer.Option("--to", metavar="NODE", help="Node to switch to.")
+    ] = None,
+    timeout: Annotated[float, typer.Option(metavar="SECONDS", help="Seconds to wait.")] = 60.0,
     as_json: JsonOpt = False,
 ) -> None:
     """Planned switch of roles: waits until the candidate has replayed everything first."""
@@ -491,14 +606,17 @@ def switchover(
         )
 
 
-@app.command()
+@app.command(
+    epilog=examples(
+        "platform.sh maintenance on",
+        "platform.sh maintenance off",
+    )
+)
 def maintenance(
     ctx: typer.Context,
-    state: Annotated[str, typer.Argument(help="on: pause automatic failover; off: resume it.")],
+    state: Annotated[OnOff, typer.Argument(help="on: pause automatic failover; off: resume it.")],
 ) -> None:
     """Pause or resume Patroni's automatic failover (maintenance mode)."""
-    if state not in ("on", "off"):
-        raise ConfigError(f"maintenance takes 'on' or 'off', not {state!r}")
     c = _ctx(ctx)
     c.require_running()
     ha.set_maintenance(c.settings(), load_secrets(c.layout()), state == "on")
@@ -512,7 +630,7 @@ def maintenance(
 @app.command("wait-sync")
 def wait_sync(
     ctx: typer.Context,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait.")] = 30.0,
+    timeout: Annotated[float, typer.Option(metavar="SECONDS", help="Seconds to wait.")] = 30.0,
     as_json: JsonOpt = False,
 ) -> None:
     """Wait until every replica has replayed the master's current LSN; exit 1 if not in time."""
@@ -535,7 +653,7 @@ def wait_sync(
 def rejoin(
     ctx: typer.Context,
     node: Annotated[str, typer.Argument(help="The replica to re-clone from the master.")],
-    timeout: Annotated[float, typer.Option(help="Seconds to wait.")] = 120.0,
+    timeout: Annotated[float, typer.Option(metavar="SECONDS", help="Seconds to wait.")] = 120.0,
 ) -> None:
     """Force a replica to re-clone from the master and stream again."""
     c = _ctx(ctx)
@@ -544,17 +662,27 @@ def rejoin(
     out.print(f"{node} streams from the master again ({elapsed:.1f} s)")
 
 
-@app.command("add-replica")
+@app.command(
+    "add-replica",
+    epilog=examples(
+        "platform.sh add-replica",
+        "platform.sh add-replica postgres-video-replica-3 --port 5437",
+    ),
+)
 def add_replica(
     ctx: typer.Context,
     name: Annotated[
         str | None, typer.Argument(help="Node name (default postgres-video-replica-N).")
     ] = None,
-    port: Annotated[int | None, typer.Option(help="PostgreSQL port (default: next free).")] = None,
-    api_port: Annotated[
-        int | None, typer.Option(help="Patroni REST port (default: next free).")
+    port: Annotated[
+        int | None, typer.Option(metavar="PORT", help="PostgreSQL port (default: next free).")
     ] = None,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for it to stream.")] = 180.0,
+    api_port: Annotated[
+        int | None, typer.Option(metavar="PORT", help="Patroni REST port (default: next free).")
+    ] = None,
+    timeout: Annotated[
+        float, typer.Option(metavar="SECONDS", help="Seconds to wait for it to stream.")
+    ] = 180.0,
     as_json: JsonOpt = False,
 ) -> None:
     """Add a read replica: it clones from the master, streams, then joins the read port."""
@@ -579,7 +707,7 @@ def remove_replica(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="A replica added with add-replica.")],
     drain_timeout: Annotated[
-        float, typer.Option(help="Seconds to let its HAProxy sessions finish.")
+        float, typer.Option(metavar="SECONDS", help="Seconds to let its HAProxy sessions finish.")
     ] = 30.0,
     as_json: JsonOpt = False,
 ) -> None:
@@ -597,16 +725,31 @@ def remove_replica(
         out.print(f"{change.name} removed ({change.elapsed_s:.1f} s)")
 
 
-@app.command("failover-test")
+@app.command(
+    "failover-test",
+    epilog=examples(
+        "platform.sh failover-test",
+        "platform.sh failover-test --fault kill-node --repeat 3 --json",
+    ),
+)
 def failover_test(
     ctx: typer.Context,
     fault: Annotated[
-        str, typer.Option(help="kill-postgres, kill-node, freeze or switchover.")
+        FaultChoice,
+        typer.Option(
+            help="kill-postgres: kill -9 of the master's postgres; kill-node: of Patroni and "
+            "postgres; freeze: SIGSTOP of both; switchover: a planned switch."
+        ),
     ] = "kill-postgres",
     freeze_seconds: Annotated[
-        float | None, typer.Option(help="How long 'freeze' stops the master (default ttl + 5).")
+        float | None,
+        typer.Option(
+            metavar="SECONDS", help="How long 'freeze' stops the master (default ttl + 5)."
+        ),
     ] = None,
-    repeat: Annotated[int, typer.Option(min=1, max=50, help="Runs of the same fault.")] = 1,
+    repeat: Annotated[
+        int, typer.Option(metavar="N", min=1, max=50, help="Runs of the same fault (1-50).")
+    ] = 1,
     as_json: JsonOpt = False,
 ) -> None:
     """Drill: inject a fault on the master under load; report downtime, lost and in-doubt writes.
@@ -634,7 +777,14 @@ def failover_test(
         raise typer.Exit(1)
 
 
-@app.command("backup-video")
+@app.command(
+    "backup-video",
+    epilog=examples(
+        "platform.sh backup-video",
+        "platform.sh backup-video --physical",
+        "platform.sh backup list",
+    ),
+)
 def backup_video(
     ctx: typer.Context,
     physical: Annotated[
@@ -726,7 +876,9 @@ def backup_verify(
 @backup_app.command("prune")
 def backup_prune(
     ctx: typer.Context,
-    keep: Annotated[int, typer.Option("--keep", help="Backups of each kind to keep (newest).")],
+    keep: Annotated[
+        int, typer.Option("--keep", metavar="N", help="Backups of each kind to keep (newest).")
+    ],
     as_json: JsonOpt = False,
 ) -> None:
     """Delete all but the newest --keep backups of each kind, and the archived WAL that only
@@ -754,7 +906,13 @@ def _parse_time(value: str) -> datetime:
     return parsed if parsed.tzinfo else parsed.astimezone()
 
 
-@app.command()
+@app.command(
+    epilog=examples(
+        "platform.sh restore latest --time 2026-11-28T10:15:00+00:00",
+        "platform.sh restore 20261128T101500123Z-base --latest --force",
+        "platform.sh restore 20261128T101500123Z-dump --database video_platform",
+    )
+)
 def restore(
     ctx: typer.Context,
     backup_id: Annotated[
@@ -766,9 +924,15 @@ def restore(
     ],
     at_time: Annotated[
         str | None,
-        typer.Option("--time", help="Physical: recover to this time (ISO 8601; local if no zone)."),
+        typer.Option(
+            "--time",
+            metavar="TIME",
+            help="Physical: recover to this time (ISO 8601; local if no zone).",
+        ),
     ] = None,
-    lsn: Annotated[str | None, typer.Option("--lsn", help="Physical: recover to this LSN.")] = None,
+    lsn: Annotated[
+        str | None, typer.Option("--lsn", metavar="LSN", help="Physical: recover to this LSN.")
+    ] = None,
     latest: Annotated[
         bool,
         typer.Option(
@@ -778,12 +942,12 @@ def restore(
     database: Annotated[
         str | None,
         typer.Option(
-            "--database", help="Logical: the database to restore into (default: the one dumped)."
+            "--database",
+            metavar="DB",
+            help="Logical: the database to restore into (default: the one dumped).",
         ),
     ] = None,
-    force: Annotated[
-        bool, typer.Option("--force", help="Do not ask before replacing data.")
-    ] = False,
+    force: ForceOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Restore a backup. A dump goes into a database (through a temporary one, then swapped);
@@ -822,10 +986,9 @@ def restore(
     if info.kind == "logical":
         target_db = database or info.database or settings.database.name
         if not force:
-            typer.confirm(
+            confirm(
                 f"Restore dump {info.id} into database {target_db}? An existing {target_db} is "
-                "renamed aside (its connections are closed).",
-                abort=True,
+                "renamed aside (its connections are closed)."
             )
         result = backups_restore.restore_logical(
             settings, layout, info, database, progress=progress
@@ -833,10 +996,9 @@ def restore(
     else:
         target = backups_restore.RecoveryTarget(time=when, lsn=lsn)
         if not force:
-            typer.confirm(
+            confirm(
                 f"Restore base backup {info.id} to {target.describe()} as the new master? The "
-                "platform stops for the swap; every node's current data is moved aside.",
-                abort=True,
+                "platform stops for the swap; every node's current data is moved aside."
             )
         result = backups_restore.restore_physical(settings, layout, info, target, progress=progress)
     if as_json:
@@ -872,9 +1034,16 @@ def migrate(ctx: typer.Context, as_json: JsonOpt = False) -> None:
         out.print(f"schema already at {result.after}; nothing to do")
 
 
-@app.command("config")
+@app.command(
+    "config",
+    epilog=examples(
+        "platform.sh config",
+        "platform.sh --port-offset 100 config --json",
+    ),
+)
 def config_cmd(ctx: typer.Context, as_json: JsonOpt = False) -> None:
-    """Print the effective configuration, secrets redacted, with where overrides came from."""
+    """Print the effective configuration as TOML, each value with where it came from (default,
+    the config file, an environment variable or a flag); secrets redacted. --json for scripts."""
     c = _ctx(ctx)
     loaded = c.loaded()
     layout = c.layout()
@@ -888,7 +1057,7 @@ def config_cmd(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     if as_json:
         _print_json(doc)
     else:
-        out.print(render_text.config_text(doc), highlight=False)
+        sys.stdout.write(render_config(data, loaded.sources, loaded.config_file))
 
 
 def main() -> None:
@@ -896,6 +1065,6 @@ def main() -> None:
     # an operator's PGPASSWORD, PGSERVICE, PGSSLMODE... must not change what they connect to.
     pgenv.scrub()
     try:
-        app()
+        app(prog_name="platform.sh")
     except VideoDBError as exc:
         _fail(exc)

@@ -167,6 +167,9 @@ class Settings(_Strict):
     """The whole platform's desired configuration."""
 
     state_dir: Path | None = None
+    # Added to every port below when the settings are loaded (--port-offset): a second platform
+    # beside the first; its default state directory is .state-<offset>.
+    port_offset: Annotated[int, Field(ge=0, le=60_000)] = 0
     listen_host: str = "127.0.0.1"
     nodes: Annotated[list[NodeSpec], Field(min_length=2, max_length=9)] = Field(
         default_factory=_default_nodes
@@ -312,6 +315,8 @@ def _env_overrides(env: Mapping[str, str]) -> list[tuple[str, str, str]]:
     found: list[tuple[str, str, str]] = []
     if "VIDEODB_STATE_DIR" in env:
         found.append(("state_dir", env["VIDEODB_STATE_DIR"], "environment VIDEODB_STATE_DIR"))
+    if "VIDEODB_PORT_OFFSET" in env:
+        found.append(("port_offset", env["VIDEODB_PORT_OFFSET"], "environment VIDEODB_PORT_OFFSET"))
     for var, key in (
         ("DB_USERNAME", "database.app_user"),
         ("DB_PASSWORD", "database.app_password"),
@@ -373,11 +378,53 @@ def load_settings(
     for key, value, source in [*_env_overrides(env), *flags]:
         _set_path(tree, key.split("."), value, source)
         sources[key] = source
+    _shift_ports(tree, sources)
     try:
         settings = Settings.model_validate(tree)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, tree, sources, config_file)) from exc
     return LoadedSettings(settings=settings, config_file=config_file, sources=sources)
+
+
+PORT_KEYS: dict[str, tuple[str, ...]] = {
+    "etcd": ("client_port", "peer_port"),
+    "haproxy": ("write_port", "read_port", "stats_port"),
+    "apps": ("web_port", "upload_port", "metadata_port", "streaming_port"),
+}
+
+
+def _shift_ports(tree: dict[str, Any], sources: Mapping[str, str]) -> None:
+    """Add `port_offset` to every port in the merged settings (nodes, etcd, HAProxy, apps)."""
+    raw = tree.get("port_offset", 0)
+    source = sources.get("port_offset", "defaults")
+    try:
+        offset = int(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"{source}: port_offset {raw!r} is not a whole number; e.g. --port-offset 100"
+        ) from None
+    if offset == 0:
+        return
+    if offset < 0:
+        raise ConfigError(f"{source}: port_offset {offset} is negative; give 0 or more")
+    places: list[tuple[dict[str, Any], str, str]] = []
+    for i, node in enumerate(tree.get("nodes") or []):
+        if isinstance(node, dict):
+            places += [(node, k, f"nodes.{i}.{k}") for k in ("port", "api_port") if k in node]
+    for section, keys in PORT_KEYS.items():
+        table = tree.get(section)
+        if isinstance(table, dict):
+            places += [(table, k, f"{section}.{k}") for k in keys if k in table]
+    for table, key, dotted in places:
+        value = table[key]
+        if isinstance(value, int) and not isinstance(value, bool):
+            if value + offset > 65535:
+                raise ConfigError(
+                    f"{source}: port_offset {offset} moves {dotted} ({value}) past 65535; "
+                    "choose a smaller offset"
+                )
+            table[key] = value + offset
+    tree["port_offset"] = offset
 
 
 def _describe(

@@ -81,13 +81,17 @@ def project_home() -> Path:
     return Path(os.environ.get("VIDEODB_HOME", os.getcwd())).resolve()
 
 
-def default_state_dir(home: Path, user: ServiceUser) -> Path:
-    """Inside the checkout, unless PostgreSQL's OS user cannot reach it there."""
-    inside = home / STATE_DIR_NAME
+def default_state_dir(home: Path, user: ServiceUser, port_offset: int = 0) -> Path:
+    """Inside the checkout, unless PostgreSQL's OS user cannot reach it there.
+
+    A platform moved by --port-offset N gets its own: .state-N.
+    """
+    suffix = f"-{port_offset}" if port_offset else ""
+    inside = home / f"{STATE_DIR_NAME}{suffix}"
     if traversable_by(user, home):
         return inside
     digest = hashlib.sha256(str(home).encode()).hexdigest()[:12]
-    return Path("/var/lib/videodb") / f"state-{digest}"
+    return Path("/var/lib/videodb") / f"state-{digest}{suffix}"
 
 
 @dataclass(frozen=True)
@@ -169,6 +173,8 @@ class StateLayout:
 
 def resolve_layout(settings: Settings, home: Path | None = None) -> StateLayout:
     user = service_user()
-    root = settings.state_dir or default_state_dir(home or project_home(), user)
+    root = settings.state_dir or default_state_dir(
+        home or project_home(), user, settings.port_offset
+    )
     root = root.expanduser().resolve()
     return StateLayout(root)

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
 from rich.table import Table
 
 from videodb.backups.progress import size
@@ -100,14 +97,6 @@ def haproxy_table(servers: list[ServerStatus]) -> Table:
             s.check_status,
         )
     return table
-
-
-def config_text(doc: dict[str, Any]) -> str:
-    lines = [f"# config file: {doc['config_file'] or '(none; defaults)'}"]
-    for key, source in doc["overrides"].items():
-        lines.append(f"# {key} from {source}")
-    lines.append(json.dumps(doc["settings"], indent=2))
-    return "\n".join(lines)
 
 
 def drill_table(report: DrillReport) -> Table:

@@ -11,6 +11,7 @@ import pytest
 from psycopg import errors
 
 from tests.integration.harness import RunningCluster
+from videodb.backups.progress import size
 from videodb.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -313,6 +314,14 @@ def test_logs_shows_each_service_and_rejects_unknown(cluster: RunningCluster) ->
 def test_backup_video_writes_a_restorable_dump(cluster: RunningCluster) -> None:
     with cluster.app_connect(cluster.write_port) as conn:
         conn.execute("CREATE TABLE IF NOT EXISTS backup_check (id int)")
+    shown = cluster.cli("backup-video")
+    assert shown.rc == 0, shown
+    progress = " ".join(shown.stderr.split())
+    # The progress says what it measures: table bytes on disk, then the file it wrote.
+    assert "table data dumped (size on disk):" in progress and "(100 %)" in progress
+    written = progress.split("dump file written: ")[1].split(" (compressed)")[0]
+    dumps = [b for b in cluster.cli_json("backup", "list")["backups"] if b["kind"] == "logical"]
+    assert written == size(dumps[-1]["size_bytes"])  # the file's own size, not the tables'
     result = cluster.cli_json("backup-video")
     path = Path(result["path"])
     assert path.parent == cluster.layout.backups / "dumps"

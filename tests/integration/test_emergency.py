@@ -103,9 +103,11 @@ def test_promote_slave_moves_the_write_port_without_config_change(cluster: Runni
 
 
 def test_promote_slave_without_force_asks_and_aborts(cluster: RunningCluster) -> None:
-    result = cluster.cli("promote-slave")  # no stdin: the confirmation is refused
-    assert result.rc != 0
-    assert "Promote" in result.stdout + result.stderr
+    result = cluster.cli("promote-slave")  # no terminal: refused, and told how to go on
+    assert result.rc == 2
+    text = " ".join(result.stderr.split())
+    assert "Promote" in text and "no terminal to confirm on; pass --force" in text
+    assert "Aborted" not in result.stdout + result.stderr
     report = cluster.cli_json("status")
     roles = {s["name"]: s["role"] for s in report["services"]}
     assert roles[SLAVE] == "primary"

@@ -9,7 +9,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from videodb.backups.progress import Meter, Progress, quiet
+from videodb.backups.progress import Meter, Progress, quiet, size
 from videodb.backups.repo import BackupInfo, backup_source, new_id, now_iso, ready_repo
 from videodb.cluster.pg import connect_superuser
 from videodb.config import Settings
@@ -67,8 +67,9 @@ def dump_database(
     env = tool_env(PGPASSFILE=str(layout.pgpass()))
     started = now_iso()
     progress(f"logical dump {backup_id} of {db} from {primary.name} (pg_dump, custom format)")
-    # Progress in table bytes: a table counts as dumped once pg_dump starts the next one.
-    meter = Meter(progress, "dumped", sum(tables.values()))
+    # Progress in table bytes: a table counts as dumped once pg_dump starts the next one. What
+    # is measured is the tables' size on disk, not the (compressed) dump: the label says so.
+    meter = Meter(progress, "table data dumped (size on disk)", sum(tables.values()))
     process = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
     assert process.stderr is not None
     done, current = 0, 0
@@ -94,6 +95,7 @@ def dump_database(
         )
     meter.update(sum(tables.values()), force=True)
     os.replace(partial, target)
+    progress(f"dump file written: {size(target.stat().st_size)} (compressed) in {target}")
     info = BackupInfo(
         id=backup_id,
         kind="logical",
