@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal, NoReturn
+from typing import Annotated, Any, Literal, NoReturn, TypeVar, cast
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
-from videodb import __version__, pgenv, render_text
+from videodb import __version__, crash, pgenv, render_text
 from videodb.backups import logical as backups_logical
 from videodb.backups import physical as backups_physical
 from videodb.backups import prune as backups_prune
@@ -42,6 +44,7 @@ from videodb.config import LoadedSettings, Settings, default_config_file, load_s
 from videodb.config_toml import render_config
 from videodb.errors import ConfigError, NotRunningError, VideoDBError
 from videodb.layout import StateLayout, project_home, resolve_layout
+from videodb.platform_lock import platform_lock
 from videodb.secrets import load_secrets
 
 app = typer.Typer(
@@ -102,19 +105,26 @@ class Context:
     flag_names: dict[str, str] = field(default_factory=dict)  # key -> the flag that set it
     _loaded: LoadedSettings | None = None
 
+    def _load(self) -> LoadedSettings:
+        assignments = list(self.assignments)
+        if self.state_dir is not None:
+            assignments.append(f"state_dir={self.state_dir}")
+        file = self.config_file or default_config_file(project_home())
+        return load_settings(
+            file,
+            assignments=assignments,
+            require_file=self.config_file is not None,
+            flag_names=self.flag_names,
+        )
+
     def loaded(self) -> LoadedSettings:
         if self._loaded is None:
-            assignments = list(self.assignments)
-            if self.state_dir is not None:
-                assignments.append(f"state_dir={self.state_dir}")
-            file = self.config_file or default_config_file(project_home())
-            self._loaded = load_settings(
-                file,
-                assignments=assignments,
-                require_file=self.config_file is not None,
-                flag_names=self.flag_names,
-            )
+            self._loaded = self._load()
         return self._loaded
+
+    def locked(self) -> AbstractContextManager[None]:
+        """The state directory's lock (loaded apart: a command may still add its own flags)."""
+        return platform_lock(resolve_layout(self._load().settings).root)
 
     def layout(self) -> StateLayout:
         return resolve_layout(self.loaded().settings)
@@ -132,6 +142,22 @@ class Context:
                 f"the platform in state directory {layout.root} is not running; start it with "
                 "'platform.sh start video'"
             )
+
+
+CommandFn = TypeVar("CommandFn", bound=Callable[..., None])
+
+
+def mutating(fn: CommandFn) -> CommandFn:
+    """A command that changes the platform: it runs holding the state directory's lock, and a
+    second one started meanwhile is refused, naming this one (see platform_lock)."""
+
+    @functools.wraps(fn)
+    def locked(*args: Any, **kwargs: Any) -> None:
+        ctx = kwargs["ctx"] if "ctx" in kwargs else args[0]
+        with _ctx(ctx).locked():
+            fn(*args, **kwargs)
+
+    return cast(CommandFn, locked)
 
 
 def _ctx(ctx: typer.Context) -> Context:
@@ -209,6 +235,9 @@ def main_options(
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Show version.")
     ] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Print the traceback of an unexpected error.")
+    ] = False,
 ) -> None:
     sets = list(assignments or [])
     flag_names: dict[str, str] = {}
@@ -227,6 +256,7 @@ def main_options(
         "platform.sh --port-offset 100 start video   # a second platform: write port 5535",
     )
 )
+@mutating
 def start(
     ctx: typer.Context,
     target: Annotated[
@@ -329,6 +359,7 @@ def start(
 
 
 @app.command()
+@mutating
 def stop(
     ctx: typer.Context,
     target: Annotated[
@@ -354,6 +385,7 @@ def stop(
 
 
 @app.command()
+@mutating
 def restart(
     ctx: typer.Context,
     timeout: Annotated[
@@ -374,6 +406,7 @@ def restart(
 
 
 @app.command()
+@mutating
 def destroy(
     ctx: typer.Context,
     force: ForceOpt = False,
@@ -542,6 +575,7 @@ def shell_video(
         "platform.sh promote-slave --to postgres-video-slave --force --json",
     ),
 )
+@mutating
 def promote_slave(
     ctx: typer.Context,
     to: Annotated[
@@ -584,6 +618,7 @@ def promote_slave(
         "platform.sh switchover --to postgres-video-master",
     )
 )
+@mutating
 def switchover(
     ctx: typer.Context,
     to: Annotated[
@@ -612,6 +647,7 @@ def switchover(
         "platform.sh maintenance off",
     )
 )
+@mutating
 def maintenance(
     ctx: typer.Context,
     state: Annotated[OnOff, typer.Argument(help="on: pause automatic failover; off: resume it.")],
@@ -650,6 +686,7 @@ def wait_sync(
 
 
 @app.command()
+@mutating
 def rejoin(
     ctx: typer.Context,
     node: Annotated[str, typer.Argument(help="The replica to re-clone from the master.")],
@@ -669,6 +706,7 @@ def rejoin(
         "platform.sh add-replica postgres-video-replica-3 --port 5437",
     ),
 )
+@mutating
 def add_replica(
     ctx: typer.Context,
     name: Annotated[
@@ -703,6 +741,7 @@ def add_replica(
 
 
 @app.command("remove-replica")
+@mutating
 def remove_replica(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="A replica added with add-replica.")],
@@ -732,6 +771,7 @@ def remove_replica(
         "platform.sh failover-test --fault kill-node --repeat 3 --json",
     ),
 )
+@mutating
 def failover_test(
     ctx: typer.Context,
     fault: Annotated[
@@ -785,6 +825,7 @@ def failover_test(
         "platform.sh backup list",
     ),
 )
+@mutating
 def backup_video(
     ctx: typer.Context,
     physical: Annotated[
@@ -850,6 +891,7 @@ def backup_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
 
 
 @backup_app.command("verify")
+@mutating
 def backup_verify(
     ctx: typer.Context,
     backup_id: Annotated[str, typer.Argument(help="A backup id from 'backup list'.")],
@@ -874,6 +916,7 @@ def backup_verify(
 
 
 @backup_app.command("prune")
+@mutating
 def backup_prune(
     ctx: typer.Context,
     keep: Annotated[
@@ -913,6 +956,7 @@ def _parse_time(value: str) -> datetime:
         "platform.sh restore 20261128T101500123Z-dump --database video_platform",
     )
 )
+@mutating
 def restore(
     ctx: typer.Context,
     backup_id: Annotated[
@@ -1014,6 +1058,7 @@ def restore(
 
 
 @app.command()
+@mutating
 def migrate(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """Apply the applications' schema migrations (Alembic) through the write port."""
     from videodb.db import DataLayer, DataSourceSettings
@@ -1064,7 +1109,24 @@ def main() -> None:
     # Every tool, connection and server this command starts gets a clean libpq environment:
     # an operator's PGPASSWORD, PGSERVICE, PGSSLMODE... must not change what they connect to.
     pgenv.scrub()
+    debug = "--debug" in sys.argv[1:]
     try:
         app(prog_name="platform.sh")
     except VideoDBError as exc:
         _fail(exc)
+    except KeyboardInterrupt:
+        err.print("interrupted", highlight=False)
+        sys.exit(130)
+    except Exception as exc:  # the last resort: one line, the traceback in a log
+        if debug:
+            raise
+        log = crash.record(exc, sys.argv)
+        err.print(
+            f"[bold red]error:[/] {escape(crash.one_line(exc))}", highlight=False, soft_wrap=True
+        )
+        err.print(
+            f"the traceback is in {log}; run again with --debug to print it here",
+            highlight=False,
+            soft_wrap=True,
+        )
+        sys.exit(1)

@@ -39,10 +39,13 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
 
+NODE_NAME_PATTERN = r"[a-z][a-z0-9-]{0,62}"
+
+
 class NodeSpec(_Strict):
     """One PostgreSQL node managed by Patroni."""
 
-    name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{0,62}$")]
+    name: Annotated[str, Field(pattern=f"^{NODE_NAME_PATTERN}$")]
     port: Port
     api_port: Port
 
@@ -258,10 +261,16 @@ def _set_path(tree: dict[str, Any], path: Sequence[str], value: Any, source: str
         if isinstance(node, list):
             idx = _index(node, key, path, source)
             node = node[idx]
-            continue
-        if key not in node or not isinstance(node[key], dict | list):
-            node[key] = [] if nxt.isdigit() and key == "nodes" else {}
-        node = node[key]
+        else:
+            if key not in node or not isinstance(node[key], dict | list):
+                node[key] = [] if nxt.isdigit() and key == "nodes" else {}
+            node = node[key]
+        if not isinstance(node, dict | list):
+            above = ".".join(path[: i + 1])
+            raise ConfigError(
+                f"{source}: key {'.'.join(path)}: {above} holds the value {node!r}, not a table "
+                f"of keys; set {above} as a whole or its keys, not both"
+            )
     last = path[-1]
     if isinstance(node, list):
         node[_index(node, last, path, source)] = value

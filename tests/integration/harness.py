@@ -58,6 +58,15 @@ POISONED_LIBPQ_ENV = {
 __all__ = ["CLI", "RunningCluster", "make_workdir", "write_sandbox_config"]
 
 
+def operator_env() -> dict[str, str]:
+    """This environment without the project's own variables, with every libpq one set wrong."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VIDEODB")}
+    env.pop("DB_PASSWORD", None)
+    env.pop("DB_USERNAME", None)
+    env.update(POISONED_LIBPQ_ENV)
+    return env
+
+
 @dataclass
 class RunningCluster:
     config_file: Path
@@ -75,10 +84,7 @@ class RunningCluster:
 
     def cli(self, *args: str, check: bool = False, timeout: float = 120) -> CliResult:
         """Run the CLI as an operator would, from a shell full of wrong libpq variables."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith("VIDEODB")}
-        env.pop("DB_PASSWORD", None)
-        env.pop("DB_USERNAME", None)
-        env.update(POISONED_LIBPQ_ENV)
+        env = operator_env()
         proc = subprocess.run(
             [CLI, "--config", str(self.config_file), *args],
             capture_output=True,

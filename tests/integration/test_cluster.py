@@ -12,6 +12,7 @@ from psycopg import errors
 
 from tests.integration.harness import RunningCluster
 from videodb.backups.progress import size
+from videodb.secrets import SUPERUSER_FILE
 from videodb.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -43,6 +44,25 @@ def test_start_with_a_changed_flag_applies_it_to_the_running_cluster(
     assert back["changes"] == ["replication: sync -> async"]
     after = {s["name"]: s["pid"] for s in cluster.cli_json("status")["services"]}
     assert after == before  # applied live: nothing was restarted
+
+
+def test_library_errors_reach_the_user_as_one_line(cluster: RunningCluster) -> None:
+    """A bad node name, a refused superuser connection: one line each, never a traceback."""
+    bad = cluster.cli("add-replica", "Bad_Name")
+    assert bad.rc == 2 and "Traceback" not in bad.stderr, bad
+    assert "node name 'Bad_Name' is not allowed" in " ".join(bad.stderr.split())
+    secret = cluster.layout.secret(SUPERUSER_FILE)
+    real = secret.read_text()
+    try:
+        secret.write_text("not-the-password\n")
+        refused = cluster.cli("backup-video")
+    finally:
+        secret.write_text(real)
+    text = " ".join(refused.stderr.split())
+    assert refused.rc == 1 and "Traceback" not in refused.stderr, refused
+    assert "cannot connect to postgres-video-master" in text
+    assert "password authentication failed" in text and "platform.sh logs" in text
+    assert len(refused.stderr.strip().splitlines()) <= 3  # the progress line, then the error
 
 
 def test_status_of_another_state_directory_never_asks_this_cluster(

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from videodb.backups.archive import archive_parameters, archive_script, restore_command
-from videodb.backups.guards import exclusive, require_space
+from videodb.backups.guards import require_space
 from videodb.backups.progress import Meter, size
 from videodb.backups.prune import wal_file_name
 from videodb.backups.repo import BackupInfo, BackupRepo, new_id
@@ -95,15 +95,6 @@ def test_recovery_targets() -> None:
     assert RecoveryTarget(lsn="0/5000000").parameters() == {"recovery_target_lsn": "0/5000000"}
     assert RecoveryTarget().parameters() == {}
     assert "latest" in RecoveryTarget().describe()
-
-
-def test_one_restore_at_a_time(tmp_path: Path) -> None:
-    lock = tmp_path / "run" / "restore.lock"
-    busy = pytest.raises(ClusterError, match=r"another restore is running \(pid \d+\)")
-    with exclusive(lock, "restore"), busy, exclusive(lock, "restore"):
-        pass
-    with exclusive(lock, "restore"):  # released: free again
-        pass
 
 
 def test_not_enough_space_is_refused_before_copying(tmp_path: Path) -> None:

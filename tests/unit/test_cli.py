@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -17,6 +18,7 @@ import pytest
 
 from videodb.cli import FaultChoice
 from videodb.cluster.drill import FAULTS
+from videodb.sandbox import make_workdir
 
 CLI = str(Path(sys.executable).parent / "videodb")
 HOME = Path(__file__).resolve().parents[2]
@@ -132,3 +134,39 @@ def test_a_port_offset_past_the_last_port_is_refused() -> None:
     result = run("--port-offset", "60000", "config")
     assert result.returncode == 2
     assert "flag --port-offset: port_offset 60000 moves" in " ".join(result.stderr.split())
+
+
+def assert_one_clear_line(result: subprocess.CompletedProcess[str], *, rc: int) -> str:
+    """A refusal: the exit code, no traceback, and the message in one line (two with the log)."""
+    text = result.stdout + result.stderr
+    assert result.returncode == rc, text
+    assert "Traceback" not in text and 'File "' not in text, text
+    lines = [
+        ln for ln in result.stderr.splitlines() if ln.strip() and not ln[:7].strip()[:1].isdigit()
+    ]
+    assert 1 <= len(lines) <= 2, result.stderr
+    return " ".join(result.stderr.split())
+
+
+def test_a_key_set_both_whole_and_in_parts_is_one_clear_line() -> None:
+    result = run("--set", "nodes.0=x", "--set", "nodes.0.name=y", "config")
+    text = assert_one_clear_line(result, rc=2)
+    assert "nodes.0 holds the value 'x', not a table of keys" in text
+
+
+def test_an_unexpected_error_is_one_line_and_a_logged_traceback(tmp_path: Path) -> None:
+    reachable = make_workdir("videodb-cli-")  # PostgreSQL's OS user passes the preflight there
+    not_a_dir = reachable / "a-file"
+    not_a_dir.write_text("")
+    not_a_dir.chmod(0o755)  # passes the reachability check, then cannot hold a directory
+    env = {"XDG_CACHE_HOME": str(tmp_path / "cache")}
+    args = ("--port-offset", "3000", "--state-dir", str(not_a_dir / "state"), "start", "video")
+    result = run(*args, env=env)
+    text = assert_one_clear_line(result, rc=1)
+    assert f"Not a directory: {not_a_dir / 'state'}" in text
+    log = tmp_path / "cache" / "videodb" / "errors.log"
+    assert f"the traceback is in {log}" in text and "--debug" in text
+    assert "Traceback" in log.read_text() and "NotADirectoryError" in log.read_text()
+    shown = run("--debug", *args, env=env)
+    assert shown.returncode == 1 and "NotADirectoryError" in shown.stderr  # --debug shows it
+    shutil.rmtree(reachable)

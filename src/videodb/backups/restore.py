@@ -22,7 +22,7 @@ from psycopg import sql
 
 from videodb.backups.archive import restore_command
 from videodb.backups.copying import copy_tree, remove_tree
-from videodb.backups.guards import exclusive, require_space
+from videodb.backups.guards import require_space
 from videodb.backups.instance import throwaway_instance
 from videodb.backups.progress import Meter, Progress, quiet, size
 from videodb.backups.repo import BackupInfo, repo_for
@@ -33,6 +33,7 @@ from videodb.cluster.pg import connect_superuser, ensure_application_database
 from videodb.config import Settings
 from videodb.errors import ClusterError, ConfigError
 from videodb.layout import StateLayout, service_user
+from videodb.platform_lock import platform_lock
 from videodb.runner import tool_env
 from videodb.secrets import ClusterSecrets, load_secrets
 from videodb.waiting import wait_for
@@ -85,7 +86,7 @@ def restore_logical(
     progress: Progress = quiet,
 ) -> RestoreResult:
     """Restore a dump into `database` (default: the one dumped) through a temporary database."""
-    with exclusive(layout.run / "restore.lock", "restore"):
+    with platform_lock(layout.root):
         return _restore_logical(settings, layout, info, database, progress)
 
 
@@ -292,7 +293,7 @@ def restore_physical(
             f"{info.id} started at {info.started_at}; it cannot be recovered to an earlier "
             f"time ({target.time.isoformat()}): choose an older base backup"
         )
-    with exclusive(layout.run / "restore.lock", "restore"):
+    with platform_lock(layout.root):
         return _restore_physical(settings, layout, info, target, progress)
 
 

@@ -31,6 +31,7 @@ from videodb.cluster.supervisor import (
 from videodb.config import Settings
 from videodb.errors import ClusterError, TimeoutExpired
 from videodb.layout import ServiceUser, StateLayout, service_user
+from videodb.platform_lock import LOCK_NAME
 from videodb.runner import run_tool
 from videodb.secrets import (
     ClusterSecrets,
@@ -330,7 +331,8 @@ def pg_ctl_stop(settings: Settings, data_dir: Path) -> None:
 def destroy(settings: Settings, layout: StateLayout) -> StopResult:
     """Stop everything and remove the state directory (data, logs, secrets, backups)."""
     root = layout.root
-    if root.exists() and any(root.iterdir()) and not layout.supervisor_config().exists():
+    contents = [p for p in root.iterdir() if p.name != LOCK_NAME] if root.exists() else []
+    if contents and not layout.supervisor_config().exists():
         raise ClusterError(
             f"{root} does not look like a videodb state directory (no conf/supervisord.conf); "
             "refusing to delete it"

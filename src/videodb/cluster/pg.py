@@ -6,6 +6,7 @@ import psycopg
 from psycopg import sql
 
 from videodb.config import NodeSpec, Settings
+from videodb.errors import ClusterError
 from videodb.secrets import ClusterSecrets
 
 # What the data layer's read-your-writes check asks a node: is it a replica, how far has it
@@ -45,17 +46,28 @@ def connect_superuser(
     dbname: str = "postgres",
     timeout: float = 3.0,
 ) -> psycopg.Connection[tuple[object, ...]]:
-    """A superuser connection over TCP; the password goes in the connection, never argv."""
-    return psycopg.connect(
-        host=settings.listen_host,
-        port=node.port,
-        user=settings.database.superuser,
-        password=secrets.superuser_password,
-        dbname=dbname,
-        connect_timeout=max(1, int(timeout)),
-        autocommit=True,
-        application_name="videodb-cli",
-    )
+    """A superuser connection over TCP; the password goes in the connection, never argv.
+
+    A connection that cannot be made is a ClusterError naming the node and its log.
+    """
+    try:
+        return psycopg.connect(
+            host=settings.listen_host,
+            port=node.port,
+            user=settings.database.superuser,
+            password=secrets.superuser_password,
+            dbname=dbname,
+            connect_timeout=max(1, int(timeout)),
+            autocommit=True,
+            application_name="videodb-cli",
+        )
+    except psycopg.OperationalError as exc:
+        first = (str(exc).strip().splitlines() or ["no message"])[-1].strip()
+        raise ClusterError(
+            f"cannot connect to {node.name} ({settings.listen_host}:{node.port}, database "
+            f"{dbname}) as {settings.database.superuser}: {first}; see 'platform.sh status' and "
+            f"'platform.sh logs {node.name}'"
+        ) from exc
 
 
 def ensure_application_database(

@@ -7,6 +7,8 @@ file, so `stop` / `start` bring them back.
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -25,7 +27,7 @@ from videodb.cluster.patroni_api import PatroniAPI, Role
 from videodb.cluster.preflight import find_toolchain, port_problems
 from videodb.cluster.render import HAPROXY_PROGRAM, READ_BACKEND, WRITE_BACKEND, Toolchain
 from videodb.cluster.supervisor import Supervisor
-from videodb.config import NodeSpec, Settings
+from videodb.config import NODE_NAME_PATTERN, NodeSpec, Settings
 from videodb.errors import ClusterError, ConfigError, NotRunningError, PrerequisiteError
 from videodb.layout import StateLayout, service_user
 from videodb.ports import port_is_free
@@ -50,8 +52,17 @@ def extra_nodes(layout: StateLayout) -> list[NodeSpec]:
 
 
 def _save_extra(layout: StateLayout, nodes: list[NodeSpec]) -> None:
+    """Write nodes.json whole or not at all (a temporary file, fsynced, renamed over it)."""
     path = layout.root / "nodes.json"
-    path.write_text(json.dumps([n.model_dump() for n in nodes], indent=2) + "\n")
+    tmp = path.with_suffix(".json.tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        f.write(json.dumps([n.model_dump() for n in nodes], indent=2) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+NODE_NAME = re.compile(NODE_NAME_PATTERN)
 
 
 def with_nodes(settings: Settings, nodes: list[NodeSpec]) -> Settings:
@@ -136,6 +147,11 @@ def add_replica(
         name = f"postgres-video-replica-{i}"
     if name in existing:
         raise ConfigError(f"a node named {name!r} exists already")
+    if not NODE_NAME.fullmatch(name):
+        raise ConfigError(
+            f"node name {name!r} is not allowed: lower-case letters, digits and '-', starting "
+            "with a letter, at most 63 characters (e.g. postgres-video-replica-3)"
+        )
     host = settings.listen_host
     used = set(settings.all_ports().values())
     port = port or _next_port(used, max(n.port for n in settings.nodes) + 1, host)
@@ -152,23 +168,29 @@ def add_replica(
         raise PrerequisiteError("cannot add the replica:\n  " + "\n  ".join(busy))
     tools = _tools(new_settings)
     progress(f"adding {name} (postgres {port}, api {api_port})")
-    _save_extra(layout, extra)
     prepare_state(new_settings, layout, service_user(), tools)
     supervisor = Supervisor(layout)
-    supervisor.apply_config()
-    progress(f"{name} is cloning from the primary")
-    api = PatroniAPI(new_settings)
+    try:
+        supervisor.apply_config()
+        progress(f"{name} is cloning from the primary")
+        api = PatroniAPI(new_settings)
 
-    def streaming() -> bool:
-        m = api.member(node)
-        return m.role is Role.REPLICA and m.replication_state == "streaming"
+        def streaming() -> bool:
+            m = api.member(node)
+            return m.role is Role.REPLICA and m.replication_state == "streaming"
 
-    wait_for(
-        streaming,
-        timeout=timeout,
-        what=f"{name} streaming",
-        hint=f"see 'platform.sh logs {name}'",
-    )
+        wait_for(
+            streaming,
+            timeout=timeout,
+            what=f"{name} streaming",
+            hint=f"see 'platform.sh logs {name}'",
+        )
+    except BaseException:
+        progress(f"{name} did not stream: removing it again (its log stays in {layout.logs})")
+        _undo_add(settings, layout, tools, node)
+        raise
+    # Only a replica that streams is recorded: nodes.json never names a half-added node.
+    _save_extra(layout, extra)
     progress("reloading HAProxy with the new server (existing connections stay)")
     _reload_haproxy(new_settings, layout, tools)
     wait_for(
@@ -178,6 +200,17 @@ def add_replica(
         hint="see 'platform.sh haproxy-stats'",
     )
     return new_settings, ReplicaChange(name, port, api_port, time.monotonic() - began)
+
+
+def _undo_add(settings: Settings, layout: StateLayout, tools: Toolchain, node: NodeSpec) -> None:
+    """Put the generated files and supervisord back as they were before add-replica."""
+    prepare_state(settings, layout, service_user(), tools)
+    layout.patroni_config(node.name).unlink(missing_ok=True)
+    Supervisor(layout).apply_config()  # stops its Patroni, which stops its postgres
+    data = layout.node_data(node.name)
+    if postmaster_pid(data) is not None:
+        pg_ctl_stop(settings, data)
+    shutil.rmtree(data, ignore_errors=True)
 
 
 def remove_replica(

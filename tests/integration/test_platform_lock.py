@@ -1,0 +1,87 @@
+"""Two mutating commands on one state directory: the second is refused, naming the first, and
+nothing of it is half-written."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+
+import pytest
+
+from tests.integration.harness import CLI, RunningCluster, operator_env
+from videodb.platform_lock import lock_path, platform_lock
+from videodb.waiting import wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def fingerprint(cluster: RunningCluster) -> dict[str, str]:
+    """Every generated file and the node list, by content."""
+    files = [*cluster.layout.conf.iterdir(), cluster.layout.root / "nodes.json"]
+    return {
+        str(f): hashlib.sha256(f.read_bytes()).hexdigest() if f.exists() else "absent"
+        for f in files
+    }
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("add-replica", "postgres-video-replica-9"),
+        ("start", "video", "--replication", "sync"),
+        ("backup-video",),
+        ("stop",),
+        ("maintenance", "on"),
+    ],
+)
+def test_a_command_is_refused_while_another_holds_the_platform(
+    cluster: RunningCluster, command: tuple[str, ...]
+) -> None:
+    before = fingerprint(cluster)
+    with platform_lock(cluster.layout.root, command="platform.sh restore 42-base --force"):
+        refused = cluster.cli(*command)
+    text = " ".join(refused.stderr.split())
+    assert refused.rc == 4, refused
+    assert f"pid {os.getpid()} (platform.sh restore 42-base --force, since" in text
+    assert "wait for it to finish" in text and "Traceback" not in refused.stderr
+    assert fingerprint(cluster) == before
+    assert cluster.cli_json("status")["healthy"] is True  # nothing was stopped or changed
+
+
+def test_two_clis_at_once_the_second_is_refused(cluster: RunningCluster) -> None:
+    """A real add-replica holds the lock while it clones; a remove-replica meanwhile is refused."""
+    name = "postgres-video-replica-8"
+    first = subprocess.Popen(
+        [CLI, "--config", str(cluster.config_file), "add-replica", name, "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=operator_env(),
+    )
+    try:
+
+        def held_by_first() -> bool:
+            try:
+                return bool(
+                    json.loads(lock_path(cluster.layout.root).read_text())["pid"] == first.pid
+                )
+            except (OSError, ValueError, KeyError):
+                return False
+
+        wait_for(held_by_first, timeout=30, what="add-replica holding the lock", interval=0.02)
+        second = cluster.cli("remove-replica", name)
+        text = " ".join(second.stderr.split())
+        _, errors = first.communicate(timeout=240)
+        assert first.returncode == 0, errors
+        assert second.rc == 4, second
+        assert f"pid {first.pid} (platform.sh" in text and f"add-replica {name}" in text
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    # The first finished whole: its replica streams and is recorded.
+    assert name in {n["name"] for n in json.loads((cluster.layout.root / "nodes.json").read_text())}
+    removed = cluster.cli("remove-replica", name)
+    assert removed.rc == 0, removed

@@ -1,0 +1,72 @@
+"""One mutating command at a time per state directory: the second is refused, holder named."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from videodb.platform_lock import PlatformBusyError, lock_path, platform_lock
+
+HOLD = """
+import sys, time
+from pathlib import Path
+from videodb.platform_lock import platform_lock
+with platform_lock(Path(sys.argv[1]), command="platform.sh restore 123-base --force"):
+    print("held", flush=True)
+    time.sleep(60)
+"""
+
+
+def hold_in_another_process(state: Path) -> subprocess.Popen[str]:
+    child = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(state)], stdout=subprocess.PIPE, text=True
+    )
+    assert child.stdout is not None and child.stdout.readline().strip() == "held"
+    return child
+
+
+def test_a_second_command_is_refused_naming_the_holder(tmp_path: Path) -> None:
+    child = hold_in_another_process(tmp_path)
+    try:
+        with (
+            pytest.raises(PlatformBusyError) as info,
+            platform_lock(tmp_path, command="platform.sh start video"),
+        ):
+            pass
+        message = str(info.value)
+        assert f"pid {child.pid} (platform.sh restore 123-base --force, since 20" in message
+        assert str(lock_path(tmp_path)) in message and "wait for it to finish" in message
+        assert info.value.exit_code == 4
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_a_killed_holder_leaves_no_stale_lock(tmp_path: Path) -> None:
+    child = hold_in_another_process(tmp_path)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    deadline = time.monotonic() + 5
+    while True:  # the kernel drops the flock with the process
+        try:
+            with platform_lock(tmp_path, command="platform.sh stop"):
+                break
+        except PlatformBusyError:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+
+
+def test_the_lock_is_reentrant_in_one_process(tmp_path: Path) -> None:
+    with platform_lock(tmp_path, command="platform.sh restart"):
+        with platform_lock(tmp_path):  # restart runs stop, then start
+            pass
+        with platform_lock(tmp_path):
+            pass
+    child = hold_in_another_process(tmp_path)  # and released afterwards
+    child.kill()
+    child.wait()
