@@ -20,8 +20,8 @@ import subprocess
 import time
 
 from bench.proxy_tps import pgbench
+from videodb.backup_repo import repo_for, tree_size
 from videodb.backups import logical, physical, restore, verify
-from videodb.backups.repo import repo_for, tree_size
 from videodb.cluster import lifecycle
 from videodb.cluster.pg import connect_superuser
 from videodb.sandbox import sandbox

@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from videodb import __version__, crash, pgenv, render_text
+from videodb.backup_repo import repo_for
 from videodb.backups import logical as backups_logical
 from videodb.backups import physical as backups_physical
 from videodb.backups import prune as backups_prune
@@ -27,7 +28,6 @@ from videodb.backups import restore as backups_restore
 from videodb.backups import verify as backups_verify
 from videodb.backups.archiver import archiver_status
 from videodb.backups.progress import size
-from videodb.backups.repo import repo_for
 from videodb.cluster import (
     apps,
     drill,

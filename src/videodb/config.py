@@ -139,6 +139,9 @@ class PostgresSpec(_Strict):
     parameters: dict[str, ParamValue] = Field(default_factory=lambda: dict(GUIDE_PARAMETERS))
 
 
+ServiceName = Literal["upload", "metadata", "streaming"]
+
+
 class AppsSpec(_Strict):
     """The three applications (upload, metadata, streaming) and the web port in front of them."""
 
@@ -150,6 +153,14 @@ class AppsSpec(_Strict):
     max_upload_mb: Annotated[int, Field(ge=1, le=1_048_576)] = 1024
     view_flush_s: Annotated[float, Field(gt=0, le=3600)] = 2.0
     autostart: bool = True  # 'start video' starts the applications after the cluster
+
+    def service_ports(self) -> dict[ServiceName, int]:
+        """Each application's own port, by service name: the one place they are listed."""
+        return {
+            "upload": self.upload_port,
+            "metadata": self.metadata_port,
+            "streaming": self.streaming_port,
+        }
 
 
 class BackupSpec(_Strict):
@@ -222,13 +233,8 @@ class Settings(_Strict):
         return ports
 
     def app_ports(self) -> dict[str, int]:
-        a = self.apps
-        return {
-            "web (haproxy)": a.web_port,
-            "upload app": a.upload_port,
-            "metadata app": a.metadata_port,
-            "streaming app": a.streaming_port,
-        }
+        services = {f"{name} app": port for name, port in self.apps.service_ports().items()}
+        return {"web (haproxy)": self.apps.web_port, **services}
 
     def node(self, name: str) -> NodeSpec:
         for node in self.nodes:

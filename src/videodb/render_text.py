@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from rich.table import Table
 
+from videodb.backup_repo import BackupInfo
 from videodb.backups.progress import size
-from videodb.backups.repo import BackupInfo
 from videodb.cluster.drill import DrillReport
 from videodb.cluster.haproxy_stats import ServerStatus
 from videodb.cluster.replication import ReplicationReport

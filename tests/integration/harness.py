@@ -18,6 +18,7 @@ import pytest
 
 from videodb.cluster import lifecycle
 from videodb.cluster.patroni_api import PatroniAPI
+from videodb.cluster.postmaster import postmaster_pid
 from videodb.cluster.supervisor import Supervisor, supervisord_pid
 from videodb.cluster.topology import with_extra_nodes
 from videodb.config import Settings, load_settings
@@ -140,12 +141,8 @@ class RunningCluster:
     def app_url(self, service: str) -> str:
         """Base URL of an application ('upload', 'metadata', 'streaming') or of 'web'."""
         a = self.settings.apps
-        port = {
-            "web": a.web_port,
-            "upload": a.upload_port,
-            "metadata": a.metadata_port,
-            "streaming": a.streaming_port,
-        }[service]
+        ports = {"web": a.web_port, **{str(k): v for k, v in a.service_ports().items()}}
+        port = ports[service]
         return f"http://127.0.0.1:{port}"
 
     @property
@@ -167,7 +164,7 @@ def started_pids(cluster: RunningCluster) -> set[int]:
         pids.add(sup)
         pids |= {p.pid for p in cluster.supervisor().programs() if p.pid}
     for node in cluster.settings.nodes:
-        pm = lifecycle.postmaster_pid(cluster.layout.node_data(node.name))
+        pm = postmaster_pid(cluster.layout.node_data(node.name))
         if pm:
             pids.add(pm)
     return pids

@@ -22,8 +22,8 @@ from sqlalchemy.orm import Session
 from tests.integration.harness import RunningCluster, set_apply_delay
 from videodb.cluster.drill import child_pids
 from videodb.cluster.health import check_health
-from videodb.cluster.lifecycle import postmaster_pid
 from videodb.cluster.patroni_api import PatroniAPI
+from videodb.cluster.postmaster import postmaster_pid
 from videodb.db import (
     HEADER,
     ConsistencyToken,

@@ -8,9 +8,9 @@ from __future__ import annotations
 import pytest
 
 from tests.integration.harness import RunningCluster
-from videodb.cluster import lifecycle
 from videodb.cluster.haproxy_stats import fetch_server_status
 from videodb.cluster.health import check_health
+from videodb.cluster.postmaster import postmaster_pid
 from videodb.cluster.render import READ_BACKEND
 from videodb.waiting import wait_for
 
@@ -33,7 +33,7 @@ def test_slave_failure_reads_continue_from_master(cluster: RunningCluster) -> No
     supervisor = cluster.supervisor()
     supervisor.stop_program(SLAVE)  # Patroni stops its postgres on the way out
     try:
-        assert lifecycle.postmaster_pid(cluster.layout.node_data(SLAVE)) is None
+        assert postmaster_pid(cluster.layout.node_data(SLAVE)) is None
 
         def slave_marked_down() -> bool:
             servers = fetch_server_status(cluster.settings)

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import shlex
 import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from videodb.backups.archive import archive_parameters, archive_script, restore_command
+from videodb.backup_repo import BackupInfo, BackupRepo, new_id
 from videodb.backups.guards import require_space
 from videodb.backups.progress import Meter, size
 from videodb.backups.prune import wal_file_name
-from videodb.backups.repo import BackupInfo, BackupRepo, new_id
-from videodb.backups.restore import RecoveryTarget
+from videodb.backups.restore import RecoveryTarget, recovery_parameters
 from videodb.errors import ClusterError
+from videodb.layout import StateLayout
+from videodb.wal_archive import archive_parameters, archive_script, restore_command
 
 
 def archive(script: Path, src: Path, name: str) -> subprocess.CompletedProcess[str]:
@@ -101,3 +103,17 @@ def test_not_enough_space_is_refused_before_copying(tmp_path: Path) -> None:
     with pytest.raises(ClusterError, match="not enough free space for restoring x"):
         require_space(tmp_path, 10**18, "restoring x")
     require_space(tmp_path, 1, "restoring x")
+
+
+def test_recovery_quotes_the_archive_command_like_every_node_does(tmp_path: Path) -> None:
+    """A state directory with a space in its path must not break recovery's archiving."""
+    state = tmp_path / "state dir"
+    layout = StateLayout(state)
+    repo = BackupRepo(state / "backups")
+    params = recovery_parameters(layout, repo, RecoveryTarget())
+    script = layout.archive_script()
+    assert params["archive_command"] == f"'{script}' %p %f"
+    assert params["archive_command"] == archive_parameters(script, 60)["archive_command"]
+    assert params["restore_command"] == f"cp '{repo.wal}'/%f %p"
+    # Split as PostgreSQL's shell will: the script and two arguments, whatever the path holds.
+    assert shlex.split(params["archive_command"]) == [str(script), "%p", "%f"]

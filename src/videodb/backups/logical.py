@@ -9,8 +9,9 @@ import re
 import subprocess
 from pathlib import Path
 
+from videodb.backup_repo import BackupInfo, new_id, now_iso, ready_repo
 from videodb.backups.progress import Meter, Progress, quiet, size
-from videodb.backups.repo import BackupInfo, backup_source, new_id, now_iso, ready_repo
+from videodb.cluster.patroni_api import PatroniAPI
 from videodb.cluster.pg import connect_superuser
 from videodb.config import Settings
 from videodb.errors import ClusterError
@@ -42,7 +43,7 @@ def dump_database(
     *,
     progress: Progress = quiet,
 ) -> BackupInfo:
-    primary = backup_source(settings)
+    primary = PatroniAPI(settings).require_leader("to back up from")
     user = service_user()
     repo = ready_repo(settings, layout, user)
     db = settings.database.name

@@ -10,8 +10,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from videodb.backup_repo import BackupInfo, new_id, now_iso, ready_repo, tree_size
 from videodb.backups.progress import Meter, Progress, quiet
-from videodb.backups.repo import BackupInfo, backup_source, new_id, now_iso, ready_repo, tree_size
+from videodb.cluster.patroni_api import PatroniAPI
 from videodb.config import Settings
 from videodb.errors import ClusterError
 from videodb.layout import ServiceUser, StateLayout, as_user, service_user
@@ -61,7 +62,7 @@ def take_base_backup(
     *,
     progress: Progress = quiet,
 ) -> BackupInfo:
-    primary = backup_source(settings)
+    primary = PatroniAPI(settings).require_leader("to back up from")
     user = service_user()
     repo = ready_repo(settings, layout, user)
     backup_id = new_id("physical")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from videodb.backups.repo import BackupInfo, BackupRepo
+from videodb.backup_repo import BackupInfo, BackupRepo
 from videodb.config import Settings
 from videodb.db.token import parse_lsn
 from videodb.errors import ConfigError

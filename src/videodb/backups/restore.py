@@ -20,12 +20,11 @@ from pathlib import Path
 
 from psycopg import sql
 
-from videodb.backups.archive import restore_command
+from videodb.backup_repo import BackupInfo, BackupRepo, repo_for
 from videodb.backups.copying import copy_tree, remove_tree
 from videodb.backups.guards import require_space
 from videodb.backups.instance import throwaway_instance
 from videodb.backups.progress import Meter, Progress, quiet, size
-from videodb.backups.repo import BackupInfo, repo_for
 from videodb.backups.verify import check_checksums
 from videodb.cluster import apps, lifecycle
 from videodb.cluster.patroni_api import PatroniAPI
@@ -37,6 +36,7 @@ from videodb.platform_lock import platform_lock
 from videodb.runner import tool_env
 from videodb.secrets import ClusterSecrets, load_secrets
 from videodb.waiting import wait_for
+from videodb.wal_archive import archive_command, restore_command
 
 
 @dataclass
@@ -102,9 +102,7 @@ def _restore_logical(
     secrets = load_secrets(layout)
     progress(f"checking {info.id}'s checksum")
     check_checksums(settings, repo, info)
-    primary = PatroniAPI(settings).leader()
-    if primary is None:
-        raise ClusterError("no running primary to restore into; see 'platform.sh status'")
+    primary = PatroniAPI(settings).require_leader("to restore into")
     target = database or info.database or settings.database.name
     staging = f"{target}__restoring"
     owner = settings.database.app_user
@@ -186,6 +184,21 @@ def _restore_logical(
 # -- physical ----------------------------------------------------------------------------------
 
 
+def recovery_parameters(
+    layout: StateLayout, repo: BackupRepo, target: RecoveryTarget
+) -> dict[str, str]:
+    """The throwaway instance's settings: replay from the archive to `target`, then promote."""
+    return {
+        "restore_command": restore_command(repo),
+        "recovery_target_timeline": "latest",
+        "recovery_target_action": "promote",
+        "recovery_target_inclusive": "on",
+        "archive_mode": "on",
+        "archive_command": archive_command(layout.archive_script()),
+        **target.parameters(),
+    }
+
+
 def _archive_current_wal(settings: Settings, secrets: ClusterSecrets, progress: Progress) -> None:
     """Close the master's current WAL segment and wait until it is archived, so that a restore
     to the latest point finds every write acknowledged so far."""
@@ -230,15 +243,7 @@ def _recover(
     signal_file.touch()
     if not user.is_current:
         os.chown(signal_file, user.uid, user.gid)
-    parameters = {
-        "restore_command": restore_command(repo),
-        "recovery_target_timeline": "latest",
-        "recovery_target_action": "promote",
-        "recovery_target_inclusive": "on",
-        "archive_mode": "on",
-        "archive_command": f"{layout.archive_script()} %p %f",
-        **target.parameters(),
-    }
+    parameters = recovery_parameters(layout, repo, target)
     progress(f"recovering to {target.describe()} (replaying archived WAL)")
 
     def replaying(lsn: str) -> None:

@@ -8,12 +8,12 @@ from pathlib import Path
 
 from psycopg import sql
 
+from videodb.backup_repo import BackupInfo, BackupRepo, now_iso, repo_for, tree_size
 from videodb.backups.copying import copy_tree, remove_tree
 from videodb.backups.guards import require_space
 from videodb.backups.instance import throwaway_instance
 from videodb.backups.logical import file_sha256
 from videodb.backups.progress import Meter, Progress, quiet, size
-from videodb.backups.repo import BackupInfo, BackupRepo, now_iso, repo_for, tree_size
 from videodb.config import Settings
 from videodb.errors import ClusterError
 from videodb.layout import ServiceUser, StateLayout, service_user

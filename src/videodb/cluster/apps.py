@@ -39,8 +39,7 @@ class AppState:
 
 
 def app_ports(settings: Settings) -> dict[str, int]:
-    a = settings.apps
-    return {"upload": a.upload_port, "metadata": a.metadata_port, "streaming": a.streaming_port}
+    return {str(name): port for name, port in settings.apps.service_ports().items()}
 
 
 def write_app_files(settings: Settings, layout: StateLayout, user: ServiceUser) -> AppConfig:

@@ -28,9 +28,9 @@ import psycopg
 
 from videodb.cluster import ha
 from videodb.cluster.health import check_health
-from videodb.cluster.lifecycle import postmaster_pid
 from videodb.cluster.patroni_api import PatroniAPI
 from videodb.cluster.pg import connect_superuser
+from videodb.cluster.postmaster import postmaster_pid
 from videodb.cluster.supervisor import Supervisor, supervisord_pid
 from videodb.config import NodeSpec, Settings
 from videodb.errors import ClusterError, ConfigError, TimeoutExpired
@@ -305,9 +305,7 @@ def run_drill(
         what="a healthy cluster before the drill",
         hint="see 'platform.sh status'",
     )
-    old = PatroniAPI(settings).leader()
-    if old is None:
-        raise ClusterError("no running primary; see 'platform.sh status'")
+    old = PatroniAPI(settings).require_leader("to drill on")
     _prepare_tables(settings, secrets)
     rec = _Recorder()
     stop = threading.Event()

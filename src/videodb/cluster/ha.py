@@ -141,9 +141,7 @@ FROM pg_stat_replication
 def wait_sync(settings: Settings, secrets: ClusterSecrets, timeout: float = 30.0) -> SyncReport:
     """Wait until every replica has replayed the primary's current LSN (the guide's sync step)."""
     api = PatroniAPI(settings)
-    primary = api.leader()
-    if primary is None:
-        raise ClusterError("no running primary; see 'platform.sh status'")
+    primary = api.require_leader("to wait for")
     replicas = [n.name for n in settings.nodes if n.name != primary.name]
     began = time.monotonic()
     try:
@@ -184,9 +182,7 @@ def switchover(
 ) -> SwitchoverResult:
     """Planned switch: wait until the candidate has replayed everything, then switch roles."""
     api = PatroniAPI(settings, secrets.api_password)
-    old = api.leader()
-    if old is None:
-        raise ClusterError("no running primary to switch over from; use 'promote-slave' instead")
+    old = api.require_leader("to switch over from (use 'promote-slave' instead)")
     began = time.monotonic()
     if candidate is None:
         # Right after a failover the former master may still be rejoining: wait for a replica.

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from videodb.backups.archive import archive_script
-from videodb.backups.repo import ready_repo, repo_for
-from videodb.cluster import render
 from videodb.cluster.ha import apply_dynamic_config, is_paused, reconfigure
 from videodb.cluster.health import (
     HealthReport,
@@ -21,7 +17,9 @@ from videodb.cluster.health import (
 )
 from videodb.cluster.patroni_api import PatroniAPI
 from videodb.cluster.pg import ensure_application_database
+from videodb.cluster.postmaster import pg_ctl_stop, postmaster_pid
 from videodb.cluster.preflight import check_prerequisites
+from videodb.cluster.state import is_fresh, nodes_to_hold_back, prepare_state, validate_haproxy
 from videodb.cluster.supervisor import (
     Supervisor,
     start_supervisord,
@@ -30,15 +28,11 @@ from videodb.cluster.supervisor import (
 )
 from videodb.config import Settings
 from videodb.errors import ClusterError, TimeoutExpired
-from videodb.layout import ServiceUser, StateLayout, service_user
+from videodb.layout import StateLayout, service_user
 from videodb.platform_lock import LOCK_NAME
-from videodb.runner import run_tool
 from videodb.secrets import (
     ClusterSecrets,
-    ensure_secrets,
     load_secrets,
-    write_pgpass,
-    write_private,
 )
 from videodb.waiting import wait_for
 
@@ -63,96 +57,6 @@ class StartResult:
 class StopResult:
     was_running: bool
     stopped_pids: list[int] = field(default_factory=list)
-
-
-def _own(path: Path, user: ServiceUser, mode: int) -> None:
-    path.mkdir(parents=True, exist_ok=True)
-    os.chmod(path, mode)
-    if not user.is_current:
-        os.chown(path, user.uid, user.gid)
-
-
-def _write_service_file(path: Path, text: str, user: ServiceUser) -> None:
-    write_private(path, text)
-    if not user.is_current:
-        os.chown(path, user.uid, user.gid)
-
-
-def is_fresh(settings: Settings, layout: StateLayout) -> bool:
-    """No node has a data directory yet: the next start bootstraps a new cluster."""
-    return not any((layout.node_data(n.name) / "PG_VERSION").exists() for n in settings.nodes)
-
-
-def nodes_to_hold_back(settings: Settings, layout: StateLayout) -> frozenset[str]:
-    """Nodes to start only once a primary leads, so that they clone from it.
-
-    A new cluster is bootstrapped by the first node (the guide's master) alone. In an existing
-    cluster the nodes with data start together, so that Patroni elects the most advanced one and
-    no acknowledged write is rewound away; a node without data (after a restore, or added) waits,
-    or with an empty DCS it could bootstrap a cluster of its own.
-    """
-    if is_fresh(settings, layout):
-        return frozenset(n.name for n in settings.nodes[1:])
-    return frozenset(
-        n.name for n in settings.nodes if not (layout.node_data(n.name) / "PG_VERSION").exists()
-    )
-
-
-def prepare_state(
-    settings: Settings,
-    layout: StateLayout,
-    user: ServiceUser,
-    tools: render.Toolchain,
-    held_back: frozenset[str] = frozenset(),
-) -> ClusterSecrets:
-    """Create the directories and (re)write every generated file from the settings."""
-    layout.root.mkdir(parents=True, exist_ok=True)
-    os.chmod(layout.root, 0o755)
-    for public in (layout.conf, layout.logs, layout.run):
-        public.mkdir(parents=True, exist_ok=True)
-    os.chmod(layout.conf, 0o755)
-    # The WAL archive is written by PostgreSQL's OS user, on every node (archive_mode = always).
-    repo = repo_for(settings, layout)
-    try:
-        ready_repo(settings, layout, user)
-    except OSError as exc:
-        raise ClusterError(
-            f"backup repository {repo.root} cannot be prepared for the '{user.name}' user "
-            f"({exc.strerror}); choose another with --set backup.repo_dir=PATH"
-        ) from exc
-    script = layout.archive_script()
-    script.write_text(archive_script(repo), encoding="utf-8")
-    os.chmod(script, 0o755)
-    _own(layout.data, user, 0o700)
-    _own(layout.service_run, user, 0o700)
-    for node in settings.nodes:
-        _own(layout.postgres_log_dir(node.name), user, 0o750)
-    secrets = ensure_secrets(layout)
-    write_pgpass(
-        layout, settings.listen_host, settings.database.superuser, secrets.superuser_password
-    )
-    for node in settings.nodes:
-        config = render.patroni_config(settings, layout, node, secrets, tools)
-        _write_service_file(layout.patroni_config(node.name), render.render_patroni(config), user)
-    _write_service_file(layout.haproxy_config(), render.haproxy_config(settings, layout), user)
-    layout.supervisor_config().write_text(
-        render.supervisor_config(settings, layout, tools, user, held_back), encoding="utf-8"
-    )
-    return secrets
-
-
-def validate_haproxy(tools: render.Toolchain, layout: StateLayout) -> None:
-    result = run_tool(
-        [str(tools.haproxy), "-c", "-q", "-f", str(layout.haproxy_config())],
-        what="haproxy -c",
-        timeout=30,
-        check=False,
-    )
-    if result.returncode != 0:
-        raise ClusterError(
-            f"generated HAProxy config {layout.haproxy_config()} is invalid: "
-            f"{(result.stderr or result.stdout).strip()}"
-        )
 
 
 def is_running(layout: StateLayout) -> bool:
@@ -303,29 +207,6 @@ def stop(settings: Settings, layout: StateLayout, timeout: float = 120.0) -> Sto
         pg_ctl_stop(settings, data_dir)
         result.stopped_pids.append(pm_pid)
     return result
-
-
-def postmaster_pid(data_dir: Path) -> int | None:
-    """The pid in postmaster.pid, if that process is alive and is a postgres."""
-    try:
-        pid = int((data_dir / "postmaster.pid").read_text().splitlines()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-    try:
-        comm = Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return None
-    return pid if comm.startswith("postgres") else None
-
-
-def pg_ctl_stop(settings: Settings, data_dir: Path) -> None:
-    argv = [str(settings.postgresql.bin_dir / "pg_ctl"), "stop", "-m", "fast", "-w", "-D"]
-    argv.append(str(data_dir))
-    run_tool(argv, what=f"pg_ctl stop of {data_dir}", timeout=120, user=service_user(), check=False)
-    if postmaster_pid(data_dir) is not None:
-        raise ClusterError(
-            f"postgres in {data_dir} did not stop; see its log under the state directory's logs/"
-        )
 
 
 def destroy(settings: Settings, layout: StateLayout) -> StopResult:

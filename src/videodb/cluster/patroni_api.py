@@ -148,3 +148,10 @@ class PatroniAPI:
         if len(primaries) != 1:
             return None
         return self.settings.node(primaries[0].name)
+
+    def require_leader(self, purpose: str) -> NodeSpec:
+        """The running primary, or a ClusterError: "no running primary {purpose}; see status"."""
+        primary = self.leader()
+        if primary is None:
+            raise ClusterError(f"no running primary {purpose}; see 'platform.sh status'")
+        return primary

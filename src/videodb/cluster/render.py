@@ -9,10 +9,10 @@ from typing import Any
 
 import yaml
 
-from videodb.backups.archive import archive_parameters
 from videodb.config import NodeSpec, Settings
 from videodb.layout import ServiceUser, StateLayout
 from videodb.secrets import ClusterSecrets
+from videodb.wal_archive import archive_parameters
 
 WRITE_BACKEND = "postgres_write"
 READ_BACKEND = "postgres_read"
@@ -259,8 +259,7 @@ def web_frontend(settings: Settings) -> list[str]:
         f"    default_backend {APP_BACKENDS['metadata']}",
         "",
     ]
-    ports = {"upload": a.upload_port, "metadata": a.metadata_port, "streaming": a.streaming_port}
-    for name, port in ports.items():
+    for name, port in a.service_ports().items():
         lines += [
             f"backend {APP_BACKENDS[name]}",
             "    mode http",

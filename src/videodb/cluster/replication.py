@@ -76,11 +76,7 @@ def replication_report(
 ) -> ReplicationReport:
     api = PatroniAPI(settings)
     members = {m.name: m for m in api.members()}
-    primary = api.leader()
-    if primary is None:
-        raise ClusterError(
-            "no running primary: cannot read replication state; see 'platform.sh status'"
-        )
+    primary = api.require_leader("to read the replication state from")
     try:
         with connect_superuser(settings, secrets, primary) as conn:
             lsn_row = conn.execute(

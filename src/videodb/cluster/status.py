@@ -8,8 +8,8 @@ from typing import Any
 from videodb.cluster.apps import app_states
 from videodb.cluster.haproxy_stats import ServerStatus, fetch_server_status
 from videodb.cluster.health import etcd_healthy
-from videodb.cluster.lifecycle import postmaster_pid
 from videodb.cluster.patroni_api import PatroniAPI, Role
+from videodb.cluster.postmaster import postmaster_pid
 from videodb.cluster.render import ETCD_PROGRAM, HAPROXY_PROGRAM
 from videodb.cluster.supervisor import ProgramStatus, Supervisor, supervisord_pid
 from videodb.config import Settings

@@ -16,9 +16,7 @@ def psql_command(
     settings: Settings, layout: StateLayout, sql: str | None = None
 ) -> tuple[list[str], dict[str, str]]:
     """psql as the superuser on the current primary; the password comes from a 0600 pgpass file."""
-    primary = PatroniAPI(settings).leader()
-    if primary is None:
-        raise ClusterError("no running primary to connect to; see 'platform.sh status'")
+    primary = PatroniAPI(settings).require_leader("to connect to")
     argv = [
         str(settings.postgresql.bin_dir / "psql"),
         f"--host={settings.listen_host}",

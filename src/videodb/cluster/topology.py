@@ -16,16 +16,12 @@ from dataclasses import dataclass
 
 from videodb.cluster.haproxy_admin import haproxy_command, set_server_state
 from videodb.cluster.haproxy_stats import fetch_server_status
-from videodb.cluster.lifecycle import (
-    is_running,
-    pg_ctl_stop,
-    postmaster_pid,
-    prepare_state,
-    validate_haproxy,
-)
+from videodb.cluster.lifecycle import is_running
 from videodb.cluster.patroni_api import PatroniAPI, Role
+from videodb.cluster.postmaster import pg_ctl_stop, postmaster_pid
 from videodb.cluster.preflight import find_toolchain, port_problems
 from videodb.cluster.render import HAPROXY_PROGRAM, READ_BACKEND, WRITE_BACKEND, Toolchain
+from videodb.cluster.state import prepare_state, validate_haproxy
 from videodb.cluster.supervisor import Supervisor
 from videodb.config import NODE_NAME_PATTERN, NodeSpec, Settings
 from videodb.errors import ClusterError, ConfigError, NotRunningError, PrerequisiteError

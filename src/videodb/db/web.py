@@ -11,6 +11,13 @@ from videodb.db.layer import DataLayer, WriteUnit
 from videodb.db.token import COOKIE, HEADER, ConsistencyToken, TokenError
 
 
+def publish_token(response: Response, token: ConsistencyToken) -> None:
+    """Give the client its read-your-writes token: the header (for APIs) and a cookie (for
+    browsers and `curl -c`), which the metadata and streaming services both honour."""
+    response.headers[HEADER] = str(token)
+    response.set_cookie(COOKIE, str(token), httponly=True, samesite="lax")
+
+
 def request_token(request: Request) -> ConsistencyToken | None:
     """The consistency token of a request: the X-Consistency-Token header, else the cookie."""
     raw = request.headers.get(HEADER) or request.cookies.get(COOKIE)
@@ -28,12 +35,7 @@ def writer_dependency(layer: DataLayer) -> Callable[[Response], Iterator[WriteUn
 
     def dependency(response: Response) -> Iterator[WriteUnit]:
         with layer.writer() as unit:
-
-            def publish(token: ConsistencyToken) -> None:
-                response.headers[HEADER] = str(token)
-                response.set_cookie(COOKIE, str(token), httponly=True, samesite="lax")
-
-            unit.on_commit(publish)
+            unit.on_commit(lambda token: publish_token(response, token))
             yield unit
 
     return dependency

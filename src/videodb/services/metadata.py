@@ -16,8 +16,8 @@ from pydantic import BaseModel, ConfigDict
 from sqlalchemy import ColumnElement, Select, delete, desc, func, select
 from sqlalchemy.orm import Session
 
-from videodb.db import COOKIE, HEADER, DataLayer, WriteUnit
-from videodb.db.web import request_token, writer_dependency
+from videodb.db import DataLayer, WriteUnit
+from videodb.db.web import publish_token, request_token, writer_dependency
 from videodb.services.base import create_app
 from videodb.services.models import Video
 from videodb.services.runtime import AppConfig
@@ -173,8 +173,8 @@ def build_app(config: AppConfig, layer: DataLayer | None = None) -> FastAPI:
         if trashed is not None:
             trashed.unlink(missing_ok=True)
         # A Response returned as is does not carry the dependency's headers: set the token here.
-        done = Response(status_code=204, headers={HEADER: str(token)})
-        done.set_cookie(COOKIE, str(token), httponly=True, samesite="lax")
+        done = Response(status_code=204)
+        publish_token(done, token)
         return done
 
     return app

@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from videodb.config import Settings
+from videodb.config import ServiceName, Settings
 from videodb.db import DataSourceSettings
 from videodb.errors import ConfigError
 from videodb.layout import StateLayout
 
-ServiceName = Literal["upload", "metadata", "streaming"]
 SERVICES: tuple[ServiceName, ...] = ("upload", "metadata", "streaming")
 
 
@@ -37,11 +36,7 @@ class AppConfig(BaseModel):
         a = settings.apps
         return cls(
             host=settings.listen_host,
-            ports={
-                "upload": a.upload_port,
-                "metadata": a.metadata_port,
-                "streaming": a.streaming_port,
-            },
+            ports=a.service_ports(),
             web_port=a.web_port,
             datasource=DataSourceSettings.for_platform(settings),
             storage_dir=storage_dir(settings, layout),

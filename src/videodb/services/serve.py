@@ -14,9 +14,10 @@ import uvicorn
 from fastapi import FastAPI
 
 from videodb import pgenv
+from videodb.config import ServiceName
 from videodb.errors import VideoDBError
 from videodb.services import metadata, streaming, upload
-from videodb.services.runtime import SERVICES, AppConfig, ServiceName
+from videodb.services.runtime import SERVICES, AppConfig
 
 BUILDERS = {
     "upload": upload.build_app,

@@ -14,7 +14,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from starlette.requests import ClientDisconnect
 
-from videodb.db import COOKIE, HEADER, ConsistencyToken, DataLayer
+from videodb.db import ConsistencyToken, DataLayer
+from videodb.db.web import publish_token
 from videodb.services.base import create_app, error_body
 from videodb.services.form_stream import FormError, FormStream
 from videodb.services.models import Video
@@ -183,8 +184,7 @@ def build_app(config: AppConfig, layer: DataLayer | None = None) -> FastAPI:
             headers["Idempotent-Replayed"] = "true"
         response = JSONResponse(result, status_code=201, headers=headers)
         if token is not None:
-            response.headers[HEADER] = str(token)
-            response.set_cookie(COOKIE, str(token), httponly=True, samesite="lax")
+            publish_token(response, token)
         return response
 
     return app

@@ -16,9 +16,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from videodb.cluster.patroni_api import PatroniAPI
-from videodb.config import NodeSpec, Settings
-from videodb.errors import ClusterError, ConfigError
+from videodb.config import Settings
+from videodb.errors import ConfigError
 from videodb.layout import ServiceUser, StateLayout
 
 Kind = Literal["physical", "logical"]
@@ -138,14 +137,6 @@ def ready_repo(settings: Settings, layout: StateLayout, user: ServiceUser) -> Ba
     repo = repo_for(settings, layout)
     repo.ensure(None if user.is_current else user.uid, None if user.is_current else user.gid)
     return repo
-
-
-def backup_source(settings: Settings) -> NodeSpec:
-    """The node backups are taken from: the running master."""
-    primary = PatroniAPI(settings).leader()
-    if primary is None:
-        raise ClusterError("no running primary to back up from; see 'platform.sh status'")
-    return primary
 
 
 def tree_size(path: Path) -> int:
