@@ -152,6 +152,9 @@ class AppsSpec(_Strict):
     storage_dir: Path | None = None  # default: videos/ in the state directory
     max_upload_mb: Annotated[int, Field(ge=1, le=1_048_576)] = 1024
     view_flush_s: Annotated[float, Field(gt=0, le=3600)] = 2.0
+    # An upload retried with the same Idempotency-Key within this many hours returns the first
+    # result; older keys are forgotten by the upload service (checked every hour at most).
+    idempotency_ttl_h: Annotated[float, Field(gt=0, le=24 * 365)] = 24.0
     autostart: bool = True  # 'start video' starts the applications after the cluster
 
     def service_ports(self) -> dict[ServiceName, int]:

@@ -164,6 +164,11 @@ class StateLayout:
     def postgres_log_dir(self, node: str) -> Path:
         return self.logs / f"{node}-postgresql"
 
+    def postgres_log(self, node: str) -> Path | None:
+        """The PostgreSQL log file written to last (one per weekday, reused a week later)."""
+        files = list(self.postgres_log_dir(node).glob("postgresql-*.log"))
+        return max(files, key=lambda f: f.stat().st_mtime) if files else None
+
     def secret(self, name: str) -> Path:
         return self.secrets / name
 

@@ -293,6 +293,24 @@ def test_bad_input_gets_a_clear_4xx_and_leaves_nothing(
         assert "Range" in error_message(refused)
 
 
+def test_a_plain_upload_right_after_a_switchover_succeeds(
+    cluster: RunningCluster, http: httpx.Client, media: dict[str, Path]
+) -> None:
+    """HAProxy cut the upload app's pooled writer connections at the switchover: the next
+    upload, with no Idempotency-Key, must get a live connection, not a 503."""
+    before = upload(http, cluster, media["mp4"], title="before the switchover")
+    assert before.status_code == 201, before.text
+    master = cluster.cli_json("status")
+    old = next(s["name"] for s in master["services"] if s["role"] == "primary")
+    try:
+        assert cluster.cli("switchover", timeout=120).rc == 0
+        after = upload(http, cluster, media["mp4"], title="after the switchover")
+        assert after.status_code == 201, after.text
+    finally:
+        back = cluster.cli("switchover", "--to", old, timeout=120)
+        assert back.rc == 0, back
+
+
 def test_idempotency_key_returns_the_same_video_and_refuses_another_file(
     cluster: RunningCluster, http: httpx.Client, media: dict[str, Path]
 ) -> None:

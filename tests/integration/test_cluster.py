@@ -326,7 +326,8 @@ def test_logs_shows_each_service_and_rejects_unknown(cluster: RunningCluster) ->
         result = cluster.cli("logs", service, "-n", "3", check=True)
         assert result.stdout.strip(), service
     master = cluster.cli("logs", "postgres-video-master", "-n", "200", check=True).stdout
-    assert "postgresql.log" in master  # PostgreSQL's own log is shown beside Patroni's
+    # PostgreSQL's own log (a file per weekday, rotated) is shown beside Patroni's.
+    assert "-postgresql/postgresql-" in master and ".log" in master
     unknown = cluster.cli("logs", "nginx")
     assert unknown.rc == 2 and "haproxy-postgres" in unknown.stderr
 

@@ -256,3 +256,36 @@ def test_classification_of_a_real_read_only_error(cluster: RunningCluster) -> No
     with cluster.app_connect(cluster.slave) as conn, pytest.raises(psycopg.Error) as info:
         conn.execute("CREATE TABLE must_fail (id int)")
     assert classify(info.value) is Failure.READ_ONLY
+
+
+def test_idempotency_keys_expire(cluster: RunningCluster, layer: DataLayer) -> None:
+    """Keys older than the time to live are forgotten; younger ones still replay."""
+    old, young = f"expiry-old-{uuid.uuid4()}", f"expiry-young-{uuid.uuid4()}"
+    for key in (old, young):
+        layer.write_idempotent(key, lambda _s: {"made": True})
+    with layer.writer() as unit:
+        unit.session.execute(
+            text(
+                "UPDATE videodb_idempotency SET created_at = now() - interval '25 hours' "
+                "WHERE key = :k"
+            ),
+            {"k": old},
+        )
+    assert layer.prune_idempotency(24 * 3600) >= 1
+    with layer.writer() as unit:
+        left = set(
+            unit.session.execute(
+                text("SELECT key FROM videodb_idempotency WHERE key IN (:a, :b)"),
+                {"a": old, "b": young},
+            ).scalars()
+        )
+    assert left == {young}
+    # A retry of the young key replays; the old one would run the write again.
+    ran: list[str] = []
+
+    def write(_: Session) -> dict[str, bool]:
+        ran.append("again")
+        return {"made": True}
+
+    layer.write_idempotent(young, write)
+    assert ran == []

@@ -39,7 +39,16 @@ def test_the_readme_quickstart_uploads_finds_and_streams(
         timeout=120,
         check=False,
     )
-    assert done.returncode == 0, done.stdout + done.stderr
+    if done.returncode != 0:  # show what the upload answered
+        answer = subprocess.run(
+            ["curl", "-s", "-i", "-F", "file=@clip.mp4", "-F", "title=again", f"{web}/api/videos"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        raise AssertionError(f"{done.stdout}{done.stderr}\nupload answers:\n{answer.stdout}")
     found, streamed, video = done.stdout.splitlines()
     assert "My first clip" in found
     assert streamed == "206: 1024 bytes"

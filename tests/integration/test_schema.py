@@ -13,9 +13,9 @@ pytestmark = pytest.mark.integration
 
 def test_migrations_apply_once_through_the_write_port(cluster: RunningCluster) -> None:
     first = cluster.cli_json("migrate")
-    assert first["after"] == head_revision() == "0001"
+    assert first["after"] == head_revision() == "0002"
     again = cluster.cli_json("migrate")
-    assert again == {"before": "0001", "after": "0001", "changed": False}
+    assert again == {"before": "0002", "after": "0002", "changed": False}
     with cluster.app_connect(cluster.write_port) as conn:
         row = conn.execute(
             "INSERT INTO videos (title, description, tags, sha256, size_bytes, content_type) "

@@ -67,6 +67,21 @@ def test_pg_hba_allows_replication_to_replicator_only_and_uses_scram() -> None:
 def test_rendered_patroni_yaml_round_trips_and_holds_secrets_only_in_auth() -> None:
     text = render.render_patroni(patroni())
     assert yaml.safe_load(text) == patroni()
+    config = yaml.safe_load(text)
+    for secret in ("su-secret", "rep-secret", "api-secret"):
+        assert secret in text  # each is rendered...
+    # ...and only inside the authentication sections: without them, none is left.
+    del config["restapi"]["authentication"]
+    del config["postgresql"]["authentication"]
+    rest = yaml.safe_dump(config)
+    for secret in ("su-secret", "rep-secret", "api-secret"):
+        assert secret not in rest, secret
+
+
+def test_postgresql_logs_rotate_by_weekday() -> None:
+    params = patroni()["postgresql"]["parameters"]
+    assert params["log_filename"] == "postgresql-%a.log"
+    assert params["log_truncate_on_rotation"] == "on" and params["log_rotation_age"] == "1d"
 
 
 def test_haproxy_routes_writes_by_primary_check_and_reads_by_read_only() -> None:
@@ -80,6 +95,8 @@ def test_haproxy_routes_writes_by_primary_check_and_reads_by_read_only() -> None
         assert "server postgres-video-master 127.0.0.1:5433 check port 8008" in section
         assert "server postgres-video-slave 127.0.0.1:5434 check port 8009" in section
         assert "on-marked-down shutdown-sessions" in section
+        # Only the health check marks a server down; live errors just hurry the next check.
+        assert "on-error fastinter" in section and "mark-down" not in section
     assert "bind 127.0.0.1:8404" in cfg and "stats uri /stats" in cfg
     assert "prometheus-exporter" in cfg
     assert "maxconn 2000" in cfg

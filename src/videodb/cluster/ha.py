@@ -184,22 +184,23 @@ def switchover(
     api = PatroniAPI(settings, secrets.api_password)
     old = api.require_leader("to switch over from (use 'promote-slave' instead)")
     began = time.monotonic()
-    if candidate is None:
-        # Right after a failover the former master may still be rejoining: wait for a replica.
-        def streaming_replica() -> str | None:
-            try:
-                return choose_candidate(settings, None)
-            except ClusterError:
-                return None
+    if candidate is not None and candidate == old.name:
+        raise ClusterError(f"{candidate} is already the primary; nothing to switch")
 
-        target = wait_for(
-            streaming_replica,
-            timeout=timeout,
-            what="a running replica to switch over to",
-            hint="see 'platform.sh status'",
-        )
-    else:
-        target = choose_candidate(settings, candidate)
+    # Right after a failover or a switchover the former master may still be rejoining: wait
+    # (within the timeout) for it, or for any replica, to be running.
+    def running_replica() -> str | None:
+        try:
+            return choose_candidate(settings, candidate)
+        except ClusterError:
+            return None
+
+    target = wait_for(
+        running_replica,
+        timeout=timeout,
+        what=f"{candidate or 'a replica'} running as a replica to switch over to",
+        hint="see 'platform.sh status'",
+    )
     sync = wait_sync(settings, secrets, timeout=min(timeout, 30.0))
     if not sync.synced:
         raise TimeoutExpired(

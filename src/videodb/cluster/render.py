@@ -80,7 +80,12 @@ def patroni_config(
         "unix_socket_directories": str(layout.service_run),
         "logging_collector": "on",
         "log_directory": str(layout.postgres_log_dir(node.name)),
-        "log_filename": "postgresql.log",
+        # One file per weekday, truncated when its day comes round again: a week of logs, and
+        # never more (log_connections on a busy platform would otherwise fill the disk).
+        "log_filename": "postgresql-%a.log",
+        "log_truncate_on_rotation": "on",
+        "log_rotation_age": "1d",
+        "log_rotation_size": 0,  # by day only: a size rotation would append to the same file
         "log_file_mode": "0640",
         "log_line_prefix": "%m [%p] %q%u@%d ",
         "log_connections": "on",

@@ -48,7 +48,9 @@ def log_files(settings: Settings, layout: StateLayout, service: str) -> list[Pat
         raise ConfigError(f"no service {service!r}; the services are: {', '.join(known)}")
     files = [layout.program_log(service)]
     if service in {n.name for n in settings.nodes}:
-        files.append(layout.postgres_log_dir(service) / "postgresql.log")
+        current = layout.postgres_log(service)
+        if current is not None:
+            files.append(current)
     existing = [f for f in files if f.exists()]
     if not existing:
         raise ClusterError(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -31,6 +32,8 @@ T = TypeVar("T")
 
 POSITION_QUERY = "SELECT in_recovery, lsn::text, timeline, lag_s FROM public.videodb_position()"
 IDEMPOTENCY_TABLE = "videodb_idempotency"
+
+log = logging.getLogger(__name__)
 # Errors from SQLAlchemy, and from psycopg itself where the layer talks to the driver directly.
 DB_ERRORS = (sa_exc.DBAPIError, psycopg.Error)
 _SEEN = "videodb_position"  # the last Position read on a pooled connection (its .info)
@@ -129,7 +132,12 @@ class DataLayer:
         self, settings: DataSourceSettings, registry: CollectorRegistry | None = None
     ) -> None:
         self.settings = settings
-        self.writer_engine = self._engine(settings.writer_port, settings.writer_pool_size, "writer")
+        # The writer checks a pooled connection before handing it out: after a failover HAProxy
+        # has cut every session to the old master, and a plain write (no idempotency key) that
+        # met a dead connection could only answer "retry"; one round trip per write avoids it.
+        self.writer_engine = self._engine(
+            settings.writer_port, settings.writer_pool_size, "writer", pool_pre_ping=True
+        )
         # Reads run in autocommit: no BEGIN or ROLLBACK round trips. At READ COMMITTED every
         # statement takes its own snapshot anyway, so a transaction would add no consistency.
         self.reader_engine = self._engine(
@@ -142,7 +150,6 @@ class DataLayer:
             self.registry, {"writer": self.writer_engine, "reader": self.reader_engine}
         )
         self.backoff = Backoff(deadline_s=settings.retry_deadline_s)
-        self._idempotency_ready = False
 
     def _engine(self, port: int, pool_size: int, name: str, **options: Any) -> Engine:
         s = self.settings
@@ -228,6 +235,13 @@ class DataLayer:
         failure = classify(exc)
         if failure.role_may_have_changed:
             # Pooled connections may point at a node that died or changed role: drop them all.
+            which = "writer" if engine is self.writer_engine else "reader"
+            log.warning(
+                "%s (port %s): %s; dropping its pooled connections",
+                which,
+                engine.url.port,
+                failure.value,
+            )
             engine.dispose()
         return failure
 
@@ -245,7 +259,6 @@ class DataLayer:
         delays = self.backoff.delays()
         while True:
             try:
-                self._ensure_idempotency_table()  # idempotent DDL: retried like the write
                 with self.writer() as unit:
                     row = unit.session.execute(
                         text(f"SELECT result FROM {IDEMPOTENCY_TABLE} WHERE key = :k"), {"k": key}
@@ -275,19 +288,26 @@ class DataLayer:
                 if delay is None:
                     raise
                 self.metrics.retries.labels("write_idempotent", failure.value).inc()
+                log.warning("write %s: %s; retrying in %.2f s", key, failure.value, delay)
                 time.sleep(delay)
 
-    def _ensure_idempotency_table(self) -> None:
-        if self._idempotency_ready:
-            return
+    def prune_idempotency(self, older_than_s: float) -> int:
+        """Forget idempotency keys older than `older_than_s` (a retry after that writes again).
+
+        The table comes from the schema's migration 0002 ('platform.sh migrate').
+        """
         with self.writer() as unit:
-            unit.session.execute(
+            result = unit.session.execute(
                 text(
-                    f"CREATE TABLE IF NOT EXISTS {IDEMPOTENCY_TABLE} (key text PRIMARY KEY, "
-                    "result jsonb, created_at timestamptz NOT NULL DEFAULT now())"
-                )
+                    f"DELETE FROM {IDEMPOTENCY_TABLE} "
+                    "WHERE created_at < now() - make_interval(secs => :age)"
+                ),
+                {"age": older_than_s},
             )
-        self._idempotency_ready = True
+            removed = int(getattr(result, "rowcount", 0) or 0)
+        if removed:
+            log.info("forgot %d idempotency keys older than %.0f s", removed, older_than_s)
+        return removed
 
     # -- reads ----------------------------------------------------------------------------
 
@@ -377,4 +397,5 @@ class DataLayer:
                 if delay is None:
                     raise
                 self.metrics.retries.labels("read", failure.value).inc()
+                log.warning("read: %s; retrying in %.2f s", failure.value, delay)
                 time.sleep(delay)

@@ -30,6 +30,7 @@ class AppConfig(BaseModel):
     storage_dir: Path
     max_upload_bytes: Annotated[int, Field(ge=1)]
     view_flush_s: Annotated[float, Field(gt=0)] = 2.0
+    idempotency_ttl_s: Annotated[float, Field(gt=0)] = 24 * 3600.0
 
     @classmethod
     def for_platform(cls, settings: Settings, layout: StateLayout) -> AppConfig:
@@ -42,6 +43,7 @@ class AppConfig(BaseModel):
             storage_dir=storage_dir(settings, layout),
             max_upload_bytes=a.max_upload_mb * 1024 * 1024,
             view_flush_s=a.view_flush_s,
+            idempotency_ttl_s=a.idempotency_ttl_h * 3600,
         )
 
     def to_json(self) -> str:

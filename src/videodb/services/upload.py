@@ -17,6 +17,7 @@ from starlette.requests import ClientDisconnect
 from videodb.db import ConsistencyToken, DataLayer
 from videodb.db.web import publish_token
 from videodb.services.base import create_app, error_body
+from videodb.services.expiry import IdempotencyExpiry
 from videodb.services.form_stream import FormError, FormStream
 from videodb.services.models import Video
 from videodb.services.runtime import AppConfig
@@ -67,9 +68,16 @@ def _validated(fields: dict[str, str]) -> tuple[str, str, list[str]]:
 def build_app(config: AppConfig, layer: DataLayer | None = None) -> FastAPI:
     layer = layer or DataLayer(config.datasource)
     store = ContentStore(config.storage_dir, config.max_upload_bytes)
+    expiry = IdempotencyExpiry(layer, config.idempotency_ttl_s)
     app = create_app(
-        "upload", layer, description=DESCRIPTION, ready_on="writer", on_startup=[], on_shutdown=[]
+        "upload",
+        layer,
+        description=DESCRIPTION,
+        ready_on="writer",
+        on_startup=[expiry.start],
+        on_shutdown=[expiry.stop],
     )
+    app.state.expiry = expiry
     uploaded_bytes = Counter(
         "videodb_upload_bytes_total", "Bytes of accepted uploads", registry=layer.registry
     )
