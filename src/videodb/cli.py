@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -19,7 +20,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from videodb import __version__, crash, pgenv, render_text
+from videodb import __version__, cli_log, crash, pgenv, render_text
 from videodb.backup_repo import repo_for
 from videodb.backups import logical as backups_logical
 from videodb.backups import physical as backups_physical
@@ -46,6 +47,8 @@ from videodb.errors import ConfigError, NotRunningError, VideoDBError
 from videodb.layout import StateLayout, project_home, resolve_layout
 from videodb.platform_lock import platform_lock
 from videodb.secrets import load_secrets
+
+log = logging.getLogger("videodb.cli")
 
 app = typer.Typer(
     name="platform.sh",
@@ -122,9 +125,14 @@ class Context:
             self._loaded = self._load()
         return self._loaded
 
-    def locked(self) -> AbstractContextManager[None]:
-        """The state directory's lock (loaded apart: a command may still add its own flags)."""
-        return platform_lock(resolve_layout(self._load().settings).root)
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """The state directory's lock (loaded apart: a command may still add its own flags),
+        and what the command does logged in its logs/cli.log."""
+        root = resolve_layout(self._load().settings).root
+        with platform_lock(root):
+            cli_log.log_to(StateLayout(root).logs)
+            yield
 
     def layout(self) -> StateLayout:
         return resolve_layout(self.loaded().settings)
@@ -527,7 +535,7 @@ def logs(
         str,
         typer.Argument(
             help="postgres-video-master, postgres-video-slave, haproxy-postgres, etcd, upload, "
-            "metadata, streaming, supervisord"
+            "metadata, streaming, supervisord, cli (what state-changing commands did)"
         ),
     ],
     follow: Annotated[
@@ -1016,6 +1024,7 @@ def restore(
                 + "; take one with 'platform.sh backup-video --physical'"
             )
         info = physical[-1]
+        log.info("restore latest%s: chose %s", f" before {at_time}" if when else "", info.id)
     else:
         info = repo.get(backup_id)
     if info.kind == "logical" and (when is not None or lsn or latest):

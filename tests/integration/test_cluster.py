@@ -42,6 +42,9 @@ def test_start_with_a_changed_flag_applies_it_to_the_running_cluster(
     finally:
         back = cluster.cli_json("start", "video", "--replication", "async")
     assert back["changes"] == ["replication: sync -> async"]
+    logged = cluster.cli("logs", "cli", "-n", "50", check=True).stdout  # and it is on record
+    assert "applied to the running cluster: replication: async -> sync" in logged
+    assert "platform.sh --config" in logged and "start video --replication sync" in logged
     after = {s["name"]: s["pid"] for s in cluster.cli_json("status")["services"]}
     assert after == before  # applied live: nothing was restarted
 

@@ -213,3 +213,38 @@ def test_every_error_is_json_even_an_unexpected_one() -> None:
     not_ready = client.get("/readyz")  # nothing listens on port 1
     assert not_ready.status_code == 503 and "writer port not reachable" in not_ready.text
     layer.dispose()
+
+
+def test_only_a_retryable_database_error_is_a_503() -> None:
+    """A lost connection or a replica that is read-only: 503, retry. A constraint: 500."""
+    import psycopg
+    from fastapi.testclient import TestClient
+    from psycopg import errors as pg_errors
+
+    from videodb.db import DataLayer, DataSourceSettings
+    from videodb.services.base import create_app
+
+    layer = DataLayer(DataSourceSettings(writer_port=1, reader_port=1))
+    app = create_app("metadata", layer, description="test", ready_on="writer")
+
+    @app.get("/unique")
+    def unique() -> None:
+        raise pg_errors.UniqueViolation("duplicate key value violates unique constraint")
+
+    @app.get("/lost")
+    def lost() -> None:
+        raise psycopg.OperationalError("server closed the connection unexpectedly")
+
+    @app.get("/read-only")
+    def read_only() -> None:
+        raise pg_errors.ReadOnlySqlTransaction("cannot execute INSERT in a read-only transaction")
+
+    client = TestClient(app, raise_server_exceptions=False)
+    refused = client.get("/unique")
+    assert refused.status_code == 500 and "Retry-After" not in refused.headers
+    assert "the database refused the request" in refused.json()["error"]["message"]
+    for path in ("/lost", "/read-only"):
+        busy = client.get(path)
+        assert busy.status_code == 503 and busy.headers["Retry-After"] == "1", path
+        assert "retry in a moment" in busy.json()["error"]["message"]
+    layer.dispose()

@@ -4,6 +4,7 @@ into the repository with its SHA-256."""
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import subprocess
@@ -18,6 +19,8 @@ from videodb.errors import ClusterError
 from videodb.layout import StateLayout, service_user
 from videodb.runner import tool_env
 from videodb.secrets import ClusterSecrets
+
+log = logging.getLogger(__name__)
 
 TABLE_SIZES = """
 SELECT format('%s.%s', n.nspname, c.relname), pg_table_size(c.oid)
@@ -108,4 +111,5 @@ def dump_database(
         sha256=file_sha256(target),
     )
     repo.save(info)
+    log.info("dump %s from %s: %d bytes", info.id, info.source, info.size_bytes)
     return info

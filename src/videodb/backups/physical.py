@@ -4,6 +4,7 @@ a backup_manifest with checksums) of the current master into the repository."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -18,6 +19,8 @@ from videodb.errors import ClusterError
 from videodb.layout import ServiceUser, StateLayout, as_user, service_user
 from videodb.runner import tool_env
 from videodb.secrets import ClusterSecrets, write_private
+
+log = logging.getLogger(__name__)
 
 _PROGRESS = re.compile(rb"(\d+)/(\d+) kB")
 
@@ -110,4 +113,5 @@ def take_base_backup(
         end_lsn=str(ranges[-1]["End-LSN"]),
     )
     repo.save(info)
+    log.info("base backup %s from %s: %d bytes", info.id, info.source, info.size_bytes)
     return info

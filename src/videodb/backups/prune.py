@@ -3,6 +3,7 @@ base backup kept goes (pg_archivecleanup), since no restore can start before tha
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 from videodb.backup_repo import BackupInfo, BackupRepo
@@ -10,6 +11,8 @@ from videodb.config import Settings
 from videodb.db.token import parse_lsn
 from videodb.errors import ConfigError
 from videodb.runner import run_tool
+
+log = logging.getLogger(__name__)
 
 SEGMENT_BYTES = 16 * 1024 * 1024
 
@@ -53,4 +56,5 @@ def prune(settings: Settings, repo: BackupRepo, keep: int) -> PruneResult:
         run_tool(argv, what=f"pg_archivecleanup of {repo.wal}", timeout=600)
         result.oldest_wal_kept = first
     result.wal_after = repo.wal_bytes()
+    log.info("pruned %d backup(s), kept %d", len(result.deleted), len(result.kept))
     return result

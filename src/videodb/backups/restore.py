@@ -10,6 +10,7 @@ data/before-restore-<time>/.
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import tempfile
@@ -37,6 +38,8 @@ from videodb.runner import tool_env
 from videodb.secrets import ClusterSecrets, load_secrets
 from videodb.waiting import wait_for
 from videodb.wal_archive import archive_command, restore_command
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -176,6 +179,7 @@ def _restore_logical(
         )
     if target == settings.database.name:
         ensure_application_database(settings, secrets, primary)  # its grants and functions
+    log.warning("restored dump %s into %s; the old database is %s", info.id, target, aside)
     return RestoreResult(
         info.id, "logical", "the dump", time.monotonic() - began, target, set_aside=aside
     )
@@ -357,10 +361,19 @@ def _restore_physical(
             os.replace(moved_to, original)
         if running:
             lifecycle.start(settings, layout, progress=progress)
+        log.error("restore of %s failed to start (%s); the previous data is back", info.id, exc)
         raise ClusterError(
             f"the restored data did not start ({exc}); the previous data is back in place"
             f"{' and running' if running else ''}; the restored copy is in {failed}"
         ) from exc
+    log.warning(
+        "restored base backup %s to %s (reached %s) as %s; the replaced data is in %s",
+        info.id,
+        target.describe(),
+        reached,
+        master.name,
+        aside,
+    )
     return RestoreResult(
         info.id,
         "physical",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -18,6 +19,8 @@ from videodb.config import TIMING_PROFILES, Settings
 from videodb.errors import ClusterError, TimeoutExpired
 from videodb.secrets import ClusterSecrets
 from videodb.waiting import wait_for
+
+log = logging.getLogger(__name__)
 
 
 def apply_dynamic_config(settings: Settings, secrets: ClusterSecrets) -> dict[str, Any]:
@@ -88,6 +91,7 @@ def reconfigure(settings: Settings, secrets: ClusterSecrets, flags: set[str]) ->
             what="a synchronous standby",
             hint="see 'platform.sh replication-status'",
         )
+    log.info("applied to the running cluster: %s", "; ".join(changes))
     return changes
 
 
@@ -209,6 +213,7 @@ def switchover(
         )
     api.post(old, "/switchover", {"leader": old.name, "candidate": target}, timeout=timeout)
     wait_routed(settings, target, timeout)
+    log.info("switchover: %s is the primary (was %s)", target, old.name)
     return SwitchoverResult(old.name, target, sync.elapsed_s, time.monotonic() - began)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 import time
 from collections.abc import Callable
@@ -35,6 +36,8 @@ from videodb.secrets import (
     load_secrets,
 )
 from videodb.waiting import wait_for
+
+log = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
 
@@ -113,6 +116,7 @@ def start(
             f"'platform.sh logs <service>', or 'platform.sh stop'"
         ) from exc
     report = check_health(settings, check_haproxy=False)
+    log.info("started %s: primary %s", layout.root, report.primary)
     return StartResult(False, layout.root, time.monotonic() - began, report.primary, warnings)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 
@@ -12,6 +13,8 @@ from videodb.config import Settings
 from videodb.errors import ClusterError, NotRunningError
 from videodb.secrets import ClusterSecrets
 from videodb.waiting import wait_for
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -63,6 +66,7 @@ def promote(
     api.post(settings.node(target), "/failover", {"candidate": target}, timeout=timeout)
 
     wait_routed(settings, target, timeout)
+    log.warning("promoted %s to primary (was %s)", target, old.name if old else "none")
     return PromoteResult(old.name if old else None, target, time.monotonic() - began)
 
 

@@ -39,6 +39,7 @@ def services(settings: Settings) -> list[str]:
         ETCD_PROGRAM,
         *APP_PROGRAMS,
         "supervisord",
+        "cli",  # what the CLI's state-changing commands did
     ]
 
 

@@ -7,6 +7,7 @@ file, so `stop` / `start` bring them back.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -28,6 +29,8 @@ from videodb.errors import ClusterError, ConfigError, NotRunningError, Prerequis
 from videodb.layout import StateLayout, service_user
 from videodb.ports import port_is_free
 from videodb.waiting import wait_for
+
+log = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
 
@@ -195,6 +198,7 @@ def add_replica(
         what=f"{name} UP in HAProxy's read backend",
         hint="see 'platform.sh haproxy-stats'",
     )
+    log.info("added replica %s (postgres %d, api %d)", name, port, api_port)
     return new_settings, ReplicaChange(name, port, api_port, time.monotonic() - began)
 
 
@@ -256,4 +260,5 @@ def remove_replica(
         pg_ctl_stop(settings, layout.node_data(name))
     _reload_haproxy(new_settings, layout, tools)
     shutil.rmtree(layout.node_data(name), ignore_errors=True)
+    log.info("removed replica %s", name)
     return new_settings, ReplicaChange(name, node.port, node.api_port, time.monotonic() - began)

@@ -20,6 +20,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from videodb.db import DataLayer, WriteInDoubtError
+from videodb.db.errors import classify
 from videodb.db.layer import DB_ERRORS
 from videodb.services.storage import StorageError
 
@@ -169,8 +170,23 @@ def create_app(
 
     app.add_exception_handler(Exception, unexpected)
 
-    async def database_error(_: Request, exc: Exception) -> JSONResponse:
-        log.warning("%s: database error: %s", service, exc)
+    async def database_error(request: Request, exc: Exception) -> JSONResponse:
+        failure = classify(exc)
+        if not failure.retryable:
+            # A constraint, a bug, bad data: retrying would fail the same way. Not a 503.
+            log.error(
+                "%s: database error on %s %s",
+                service,
+                request.method,
+                request.url.path,
+                exc_info=exc,
+            )
+            return json_error(
+                500,
+                f"the database refused the request ({first_line(exc)}); the details are in "
+                f"'platform.sh logs {service}'",
+            )
+        log.warning("%s: database unavailable (%s): %s", service, failure.value, first_line(exc))
         return json_error(
             503,
             f"the database is not available ({first_line(exc)}); retry in a moment",

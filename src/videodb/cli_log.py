@@ -1,0 +1,36 @@
+"""What the CLI's state-changing commands did, in the state directory's logs/cli.log.
+
+Promotions, switchovers, replicas added and removed, backups taken and restored, settings
+applied live: the library logs them (module loggers under "videodb"), and this file keeps them
+beside the servers' logs ('platform.sh logs cli').
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+FORMAT = "%(asctime)s %(levelname)s [pid %(process)d] %(name)s: %(message)s"
+
+_attached: set[Path] = set()
+
+
+def log_to(logs_dir: Path) -> Path | None:
+    """Append the "videodb" loggers' INFO and above to logs_dir/cli.log (once per process)."""
+    path = logs_dir / "cli.log"
+    if path in _attached:
+        return path
+    try:
+        logs_dir.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(path, encoding="utf-8")
+    except OSError:
+        return None  # a log that cannot be written must not stop the command
+    handler.setFormatter(logging.Formatter(FORMAT))
+    logger = logging.getLogger("videodb")
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    _attached.add(path)
+    logger.info("%s", " ".join(["platform.sh", *sys.argv[1:]]) + f" (uid {os.getuid()})")
+    return path
