@@ -57,10 +57,10 @@ def port_holder(port: int) -> PortHolder:
     if not inodes:
         return PortHolder(None, None)
     targets = {f"socket:[{inode}]" for inode in inodes}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        fd_dir = f"/proc/{entry.name}/fd"
+    with os.scandir("/proc") as entries:
+        pids = [int(entry.name) for entry in entries if entry.name.isdigit()]
+    for pid in pids:
+        fd_dir = f"/proc/{pid}/fd"
         try:
             fds = os.listdir(fd_dir)
         except OSError:
@@ -68,7 +68,7 @@ def port_holder(port: int) -> PortHolder:
         for fd in fds:
             try:
                 if os.readlink(f"{fd_dir}/{fd}") in targets:
-                    return PortHolder(int(entry.name), _comm(int(entry.name)))
+                    return PortHolder(pid, _comm(pid))
             except OSError:
                 continue
     return PortHolder(None, None)

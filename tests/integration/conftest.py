@@ -1,4 +1,10 @@
-"""Fixtures: real clusters (etcd, Patroni, HAProxy) on free ports in temporary directories."""
+"""Fixtures: real clusters (etcd, Patroni, HAProxy) on free ports in temporary directories.
+
+The session's cluster is shared by many modules, and some of them change its roles (a
+promotion, switchovers, a killed master). Before each test that uses it, `guide_roles` puts it
+back as the guide has it: healthy, the master on postgres-video-master, the slave streaming. So
+every module passes alone and in any order.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.integration.harness import RunningCluster, cluster_lifecycle
+from tests.integration.harness import RunningCluster, cluster_lifecycle, ensure_guide_roles
 
 
 @pytest.fixture(scope="session")
@@ -16,3 +22,9 @@ def cluster(request: pytest.FixtureRequest) -> Iterator[RunningCluster]:
     apps = "max_upload_mb = 4\nview_flush_s = 0.5\n"
     with cluster_lifecycle(request, "videodb-it-", apps_toml=apps) as running:
         yield running
+
+
+@pytest.fixture(autouse=True)
+def guide_roles(request: pytest.FixtureRequest) -> None:
+    if "cluster" in request.fixturenames:
+        ensure_guide_roles(request.getfixturevalue("cluster"))

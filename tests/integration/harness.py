@@ -17,6 +17,7 @@ import psycopg
 import pytest
 
 from videodb.cluster import lifecycle
+from videodb.cluster.health import check_health
 from videodb.cluster.patroni_api import PatroniAPI
 from videodb.cluster.postmaster import postmaster_pid
 from videodb.cluster.supervisor import Supervisor, supervisord_pid
@@ -215,3 +216,23 @@ def set_apply_delay(cluster: RunningCluster, delay: str | None) -> None:
         return row is not None and row[0] == expected
 
     wait_for(applied, timeout=30, what=f"recovery_min_apply_delay = {expected} on the slave")
+
+
+def ensure_guide_roles(cluster: RunningCluster, timeout: float = 120) -> None:
+    """Healthy, master on the first node, every replica streaming, applications ready."""
+
+    def healthy() -> bool:
+        return check_health(cluster.settings).healthy
+
+    wait_for(healthy, timeout=timeout, what="a healthy cluster before the test")
+    first = cluster.settings.nodes[0].name
+    leader = PatroniAPI(cluster.settings).leader()
+    if leader is None or leader.name != first:
+        switched = cluster.cli("switchover", "--to", first, timeout=timeout)
+        assert switched.rc == 0, switched
+        wait_for(healthy, timeout=timeout, what="a healthy cluster after switching back")
+    status = cluster.cli_json("status", expect_rc=None)
+    stopped = [s["name"] for s in status["services"] if s["role"] == "app" and not s["healthy"]]
+    if stopped:
+        started = cluster.cli("start", "apps", timeout=timeout)
+        assert started.rc == 0, started

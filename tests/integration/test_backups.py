@@ -9,9 +9,8 @@ write; no applications). The tests run in file order: restores replace the clust
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -169,14 +168,23 @@ def test_logical_restore_puts_the_dump_back_and_sets_the_old_database_aside(
         assert conn.execute("SELECT count(*) FROM events").fetchone() == (len(expected),)
 
 
+def server_clock(cluster: RunningCluster) -> datetime:
+    with cluster.app_connect(cluster.write_port) as conn:
+        row = conn.execute("SELECT clock_timestamp()").fetchone()
+    assert row is not None
+    assert isinstance(row[0], datetime)
+    return row[0]
+
+
 def test_point_in_time_recovery_finds_exactly_the_rows_committed_up_to_t(
     bk: RunningCluster,
 ) -> None:
     backup(bk, "--physical")
     first = write_rows(bk, range(2000, 2050))
-    time.sleep(0.5)
-    target = datetime.now(UTC)
-    time.sleep(0.5)
+    # T from the master's own clock, read after the first rows committed: they are before it,
+    # and the second rows, committed once its clock has moved on, are after it.
+    target = server_clock(bk)
+    wait_for(lambda: server_clock(bk) > target, timeout=5, what="the master's clock past T")
     second = write_rows(bk, range(3000, 3050))
     kept_before = rows(bk) - set(second)
     assert set(first) <= kept_before

@@ -210,7 +210,7 @@ def test_reads_continue_and_idempotent_writes_resume_across_failovers(
     for thread in threads:
         thread.start()
     try:
-        time.sleep(0.5)
+        wait_for(partial(more_than, keys, 5), timeout=30, what="writes under way")
         for _ in range(2):  # there and back: the other tests expect the original roles
             before = len(keys)
             assert cluster.cli("switchover", timeout=120).rc == 0

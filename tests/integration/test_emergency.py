@@ -1,6 +1,6 @@
 """The guide's Emergency Procedures on a real cluster: slave failure, then promote-slave.
 
-These tests change the cluster's roles, so they run after test_cluster.py (file order).
+They change the cluster's roles; the conftest puts the guide's roles back before each test.
 """
 
 from __future__ import annotations

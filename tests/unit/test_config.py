@@ -119,10 +119,18 @@ def test_malformed_set_flag_is_rejected() -> None:
         parse_assignments(["haproxy.write_port"])
 
 
-def test_bad_password_value_is_never_echoed() -> None:
+def test_bad_password_value_is_never_echoed(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_settings(None, env={"DB_PASSWORD": ""})
     assert "app_password" in str(info.value)
+    # A value refused for its type is named by key and source, and shown only as stars.
+    config = tmp_path / "platform.toml"
+    config.write_text("[database]\napp_password = 987654321\n")
+    with pytest.raises(ConfigError) as refused:
+        load_settings(config, env={}, require_file=True)
+    message = str(refused.value)
+    assert "database.app_password" in message and str(config) in message
+    assert "987654321" not in message and "********" in message
 
 
 def test_redacted_hides_the_application_password() -> None:

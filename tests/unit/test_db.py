@@ -46,23 +46,23 @@ def test_malformed_tokens_are_refused_with_the_expected_form(text: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("sqlstate", "failure"),
+    ("sqlstate", "failure", "retry"),
     [
-        ("08006", Failure.CONNECTION_LOST),
-        ("08001", Failure.CONNECTION_LOST),
-        ("57P01", Failure.ADMIN_SHUTDOWN),
-        ("57P03", Failure.ADMIN_SHUTDOWN),
-        ("25006", Failure.READ_ONLY),
-        ("40001", Failure.SERIALIZATION),
-        ("40P01", Failure.SERIALIZATION),
-        ("23505", Failure.OTHER),
-        ("42P01", Failure.OTHER),
+        ("08006", Failure.CONNECTION_LOST, True),  # the node went away: another will answer
+        ("08001", Failure.CONNECTION_LOST, True),
+        ("57P01", Failure.ADMIN_SHUTDOWN, True),  # a switchover's fast shutdown
+        ("57P03", Failure.ADMIN_SHUTDOWN, True),  # still starting up
+        ("25006", Failure.READ_ONLY, True),  # the write port's node is being demoted
+        ("40001", Failure.SERIALIZATION, True),
+        ("40P01", Failure.SERIALIZATION, True),
+        ("23505", Failure.OTHER, False),  # a duplicate stays a duplicate
+        ("42P01", Failure.OTHER, False),  # a missing table: a bug, not a failover
     ],
 )
-def test_errors_are_classified_by_sqlstate(sqlstate: str, failure: Failure) -> None:
+def test_errors_are_classified_by_sqlstate(sqlstate: str, failure: Failure, retry: bool) -> None:
     exc = errors.lookup(sqlstate)("boom")
     assert classify(exc) is failure
-    assert failure.retryable is (failure is not Failure.OTHER)
+    assert classify(exc).retryable is retry
 
 
 def test_a_dropped_socket_is_a_lost_connection() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
 import time
@@ -30,6 +29,13 @@ def hold_in_another_process(state: Path) -> subprocess.Popen[str]:
     return child
 
 
+def end(child: subprocess.Popen[str]) -> None:
+    child.kill()
+    child.wait()
+    if child.stdout is not None:
+        child.stdout.close()
+
+
 def test_a_second_command_is_refused_naming_the_holder(tmp_path: Path) -> None:
     child = hold_in_another_process(tmp_path)
     try:
@@ -43,14 +49,12 @@ def test_a_second_command_is_refused_naming_the_holder(tmp_path: Path) -> None:
         assert str(lock_path(tmp_path)) in message and "wait for it to finish" in message
         assert info.value.exit_code == 4
     finally:
-        child.kill()
-        child.wait()
+        end(child)
 
 
 def test_a_killed_holder_leaves_no_stale_lock(tmp_path: Path) -> None:
     child = hold_in_another_process(tmp_path)
-    child.send_signal(signal.SIGKILL)
-    child.wait()
+    end(child)  # SIGKILL: no chance to unlock
     deadline = time.monotonic() + 5
     while True:  # the kernel drops the flock with the process
         try:
@@ -67,6 +71,4 @@ def test_the_lock_is_reentrant_in_one_process(tmp_path: Path) -> None:
             pass
         with platform_lock(tmp_path):
             pass
-    child = hold_in_another_process(tmp_path)  # and released afterwards
-    child.kill()
-    child.wait()
+    end(hold_in_another_process(tmp_path))  # and released afterwards

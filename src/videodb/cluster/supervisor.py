@@ -87,6 +87,7 @@ class Supervisor:
         path = str(layout.supervisor_socket())
         transport = SupervisorTransport(None, None, f"unix://{path}")
         transport._get_connection = lambda: _TimedUnixConnection(path, timeout)
+        self._transport = transport
         self._proxy: Any = xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
 
     def _call(self, method: str, *args: Any) -> Any:
@@ -96,6 +97,7 @@ class Supervisor:
         except xmlrpc.client.Fault as exc:
             raise ClusterError(f"supervisord refused {method}{args}: {exc.faultString}") from exc
         except OSError as exc:
+            self._transport.close()  # a timed-out connection is not reused, nor left open
             raise NotRunningError(
                 f"supervisord is not answering on {self.layout.supervisor_socket()} ({exc}); "
                 "is the platform running? try 'platform.sh status'"
