@@ -8,7 +8,9 @@ the operator's `PGPASSWORD`, `PGSERVICE`... (see `videodb.pgenv`).
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 
 from videodb.errors import ClusterError
 from videodb.layout import ServiceUser, as_user
@@ -91,6 +93,31 @@ def run_tool(
             output,
         )
     return done
+
+
+@contextmanager
+def deadline(
+    process: subprocess.Popen[bytes], what: str, timeout: float
+) -> Iterator[Callable[[], bool]]:
+    """For a tool whose output is read as it runs: kill it after `timeout` seconds.
+
+    Yields `expired()`; after the block, a killed tool raises ToolError naming `what`.
+    """
+    fired = threading.Event()
+
+    def kill() -> None:
+        fired.set()
+        process.kill()
+
+    timer = threading.Timer(timeout, kill)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield fired.is_set
+    finally:
+        timer.cancel()
+    if fired.is_set():
+        raise ToolError(f"{what} did not finish in {timeout:g} s and was stopped", None, "")
 
 
 def _text(value: str | bytes | None) -> str:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 
 import pytest
 
 from videodb import pgenv
-from videodb.runner import ToolError, run_tool, tail, tool_env
+from videodb.runner import ToolError, deadline, run_tool, tail, tool_env
 
 POISON = {"PGPASSWORD": "wrong", "PGSERVICE": "nosuch", "PGSSLMODE": "require", "PGDATA": "/x"}
 
@@ -66,3 +67,27 @@ def test_a_missing_tool_is_an_error_not_a_traceback() -> None:
 def test_tail_keeps_the_last_lines() -> None:
     assert tail("a\n\nb\nc\n", lines=2) == "b; c (after 1 more lines)"
     assert tail("") == "no message"
+
+
+def test_a_tool_read_as_it_runs_is_killed_at_its_deadline() -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-c", "import time; print('working', flush=True); time.sleep(30)"],
+        stdout=subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    with (
+        process.stdout,
+        pytest.raises(ToolError, match=r"pg_dump of x did not finish in 0.3 s and was stopped"),
+        deadline(process, "pg_dump of x", 0.3),
+    ):
+        for _ in process.stdout:  # ends when the watchdog kills it
+            pass
+        process.wait()
+    assert process.returncode == -9
+
+
+def test_a_tool_that_finishes_in_time_is_left_alone() -> None:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    with deadline(process, "quick", 30) as expired:
+        assert process.wait() == 0
+    assert not expired()

@@ -17,7 +17,7 @@ from videodb.cluster.pg import connect_superuser
 from videodb.config import Settings
 from videodb.errors import ClusterError
 from videodb.layout import StateLayout, service_user
-from videodb.runner import tool_env
+from videodb.runner import LONG_TOOL_S, ToolError, deadline, tool_env
 from videodb.secrets import ClusterSecrets
 
 log = logging.getLogger(__name__)
@@ -79,17 +79,24 @@ def dump_database(
     done, current = 0, 0
     errors: list[str] = []
     last: list[str] = []
-    for raw in process.stderr:
-        line = raw.decode(errors="replace").rstrip()
-        last = [*last[-4:], line]
-        starting = _TABLE_STARTS.search(line)
-        if starting:
-            done += current
-            current = tables.get(starting.group(1), 0)
-            meter.update(done)
-        elif "error" in line.lower() or "fatal" in line.lower():
-            errors.append(line)
-    process.wait()
+    try:
+        with deadline(process, f"pg_dump of {db}", LONG_TOOL_S):
+            for raw in process.stderr:
+                line = raw.decode(errors="replace").rstrip()
+                last = [*last[-4:], line]
+                starting = _TABLE_STARTS.search(line)
+                if starting:
+                    done += current
+                    current = tables.get(starting.group(1), 0)
+                    meter.update(done)
+                elif "error" in line.lower() or "fatal" in line.lower():
+                    errors.append(line)
+            process.wait()
+    except ToolError:
+        partial.unlink(missing_ok=True)
+        raise
+    finally:
+        process.stderr.close()
     stderr = "; ".join(errors[-5:] or last)
     if process.returncode != 0:
         partial.unlink(missing_ok=True)

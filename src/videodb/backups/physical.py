@@ -17,7 +17,7 @@ from videodb.cluster.patroni_api import PatroniAPI
 from videodb.config import Settings
 from videodb.errors import ClusterError
 from videodb.layout import ServiceUser, StateLayout, as_user, service_user
-from videodb.runner import tool_env
+from videodb.runner import LONG_TOOL_S, deadline, tool_env
 from videodb.secrets import ClusterSecrets, write_private
 
 log = logging.getLogger(__name__)
@@ -46,13 +46,14 @@ def run_with_progress(argv: list[str], meter: Meter) -> tuple[int, str]:
     )
     assert process.stderr is not None
     tail = b""
-    while chunk := os.read(process.stderr.fileno(), 4096):
-        tail = (tail + chunk)[-4000:]
-        found = _PROGRESS.findall(chunk)
-        if found:
-            done, total = found[-1]
-            meter.update(int(done) * 1024, int(total) * 1024)
-    code = process.wait()
+    with process.stderr, deadline(process, argv[0].rsplit("/", 1)[-1], LONG_TOOL_S):
+        while chunk := os.read(process.stderr.fileno(), 4096):
+            tail = (tail + chunk)[-4000:]
+            found = _PROGRESS.findall(chunk)
+            if found:
+                done, total = found[-1]
+                meter.update(int(done) * 1024, int(total) * 1024)
+        code = process.wait()
     lines = [ln.strip() for ln in re.split(rb"[\r\n]", tail) if ln.strip()]
     messages = [ln.decode(errors="replace") for ln in lines if not _PROGRESS.search(ln)]
     return code, "; ".join(messages[-4:])

@@ -10,6 +10,7 @@ data/before-restore-<time>/.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import subprocess
@@ -34,7 +35,7 @@ from videodb.config import Settings
 from videodb.errors import ClusterError, ConfigError
 from videodb.layout import StateLayout, service_user
 from videodb.platform_lock import platform_lock
-from videodb.runner import tool_env
+from videodb.runner import LONG_TOOL_S, ToolError, deadline, tool_env
 from videodb.secrets import ClusterSecrets, load_secrets
 from videodb.waiting import wait_for
 from videodb.wal_archive import archive_command, restore_command
@@ -134,15 +135,24 @@ def _restore_logical(
     with tempfile.TemporaryFile() as messages:
         process = subprocess.Popen(argv, stdin=subprocess.PIPE, stderr=messages, env=env)
         assert process.stdin is not None
+        code: int | str
         try:
-            with path.open("rb") as f:
-                while chunk := f.read(1 << 20):
-                    process.stdin.write(chunk)
-                    meter.add(len(chunk))
-            process.stdin.close()
-        except BrokenPipeError:
-            pass  # pg_restore stopped early: its exit code and message say why
-        code = process.wait()
+            with deadline(process, f"pg_restore of {info.id}", LONG_TOOL_S):
+                try:
+                    with path.open("rb") as f:
+                        while chunk := f.read(1 << 20):
+                            process.stdin.write(chunk)
+                            meter.add(len(chunk))
+                    process.stdin.close()
+                except BrokenPipeError:
+                    pass  # pg_restore stopped early: its exit code and message say why
+                code = process.wait()
+        except ToolError as exc:
+            code = f"stopped: {exc}"
+        finally:
+            if not process.stdin.closed:
+                with contextlib.suppress(BrokenPipeError):
+                    process.stdin.close()
         messages.seek(0)
         errors = messages.read().decode(errors="replace").strip()
     if code != 0:
