@@ -85,8 +85,11 @@ def test_backups_are_listed_with_lsns_and_progress(bk: RunningCluster) -> None:
     listing = bk.cli_json("backup", "list")
     kinds = {b["kind"] for b in listing["backups"]}
     assert kinds == {"physical", "logical"}
-    base = next(b for b in listing["backups"] if b["kind"] == "physical")
-    assert base["start_lsn"] and base["end_lsn"] and base["timeline"] == 1
+    base = [b for b in listing["backups"] if b["kind"] == "physical"][-1]  # the one just taken
+    with bk.app_connect(bk.write_port) as conn:
+        row = conn.execute("SELECT timeline_id FROM pg_control_checkpoint()").fetchone()
+    assert base["start_lsn"] and base["end_lsn"] and row is not None
+    assert base["timeline"] == row[0]  # the master's timeline when it was taken
     assert base["size_bytes"] > 1_000_000 and base["verified"] is None
     assert Path(dump["path"]).is_file() and dump["sha256"]
     assert listing["wal_bytes"] > 0  # the archive is filling
@@ -97,12 +100,13 @@ def test_backups_are_listed_with_lsns_and_progress(bk: RunningCluster) -> None:
 
 
 def test_verify_restores_each_kind_into_a_throwaway_instance(bk: RunningCluster) -> None:
-    for b in bk.cli_json("backup", "list")["backups"]:
+    taken = [backup(bk, "--physical"), backup(bk)]
+    for b in taken:
         verified = bk.cli_json("backup", "verify", b["id"])
         assert verified["verified"] is True, verified
         assert "checksums ok" in verified["verify_detail"]
-    listed = bk.cli_json("backup", "list")["backups"]
-    assert all(b["verified"] is True for b in listed)
+    listed = {b["id"]: b for b in bk.cli_json("backup", "list")["backups"]}
+    assert all(listed[b["id"]]["verified"] is True for b in taken)
     assert check_health(bk.settings).healthy  # the running cluster was not touched
 
 
@@ -137,6 +141,10 @@ def test_a_damaged_backup_is_refused_and_nothing_is_destroyed(bk: RunningCluster
 
 
 def test_a_target_the_archive_cannot_reach_changes_nothing(bk: RunningCluster) -> None:
+    # From a master that was a replica before: Patroni left empty recovery_target_* lines in
+    # its postgresql.conf, which a recovery to a target must not trip over.
+    assert bk.cli("switchover", timeout=120).rc == 0
+    wait_healthy(bk)
     before = rows(bk)
     base = backup(bk, "--physical")
     beyond = bk.cli("restore", base["id"], "--lsn", "FF/0", "--force", timeout=300)
@@ -226,6 +234,7 @@ def test_prune_keeps_the_newest_and_the_wal_they_need(bk: RunningCluster) -> Non
     for k in range(2):
         write_rows(bk, range(7000 + 10 * k, 7005 + 10 * k))
         backup(bk, "--physical")
+        backup(bk)
     before = bk.cli_json("backup", "list")
     pruned = bk.cli_json("backup", "prune", "--keep", "1")
     after = bk.cli_json("backup", "list")

@@ -110,4 +110,4 @@ def test_promote_slave_without_force_asks_and_aborts(cluster: RunningCluster) ->
     assert "Aborted" not in result.stdout + result.stderr
     report = cluster.cli_json("status")
     roles = {s["name"]: s["role"] for s in report["services"]}
-    assert roles[SLAVE] == "primary"
+    assert (roles["postgres-video-master"], roles[SLAVE]) == ("primary", "replica")  # unchanged

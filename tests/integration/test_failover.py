@@ -25,6 +25,7 @@ from videodb.cluster.haproxy_admin import set_server_state
 from videodb.cluster.health import check_health
 from videodb.cluster.patroni_api import PatroniAPI, Role
 from videodb.cluster.postmaster import postmaster_pid
+from videodb.cluster.topology import extra_nodes
 from videodb.errors import ClusterError, TimeoutExpired
 from videodb.waiting import wait_for
 
@@ -35,6 +36,23 @@ pytestmark = pytest.mark.integration
 def sync_cluster(request: pytest.FixtureRequest) -> Iterator[RunningCluster]:
     with cluster_lifecycle(request, "videodb-ha-", '[patroni]\nreplication = "sync"\n') as c:
         yield c
+
+
+@pytest.fixture(autouse=True)
+def two_healthy_nodes(sync_cluster: RunningCluster) -> None:
+    """Each test starts from the same cluster, whatever ran before: failover on, the replicas
+    add-replica made removed, both configured nodes healthy with a synchronous standby."""
+    c = sync_cluster
+    if (PatroniAPI(c.settings).cluster_config() or {}).get("pause"):
+        assert c.cli("maintenance", "off").rc == 0
+    wait_healthy(c)
+    for extra in extra_nodes(c.layout):
+        if roles(c).get(extra.name) is Role.PRIMARY:
+            assert c.cli("switchover", "--to", c.settings.nodes[0].name, timeout=120).rc == 0
+            wait_healthy(c)
+        removed = c.cli("remove-replica", extra.name, "--drain-timeout", "5", timeout=120)
+        assert removed.rc == 0, removed
+    wait_healthy(c)
 
 
 def roles(cluster: RunningCluster) -> dict[str, Role]:
@@ -69,13 +87,14 @@ def test_sync_mode_is_applied(sync_cluster: RunningCluster) -> None:
     assert config["synchronous_mode"] is True and config["synchronous_mode_strict"] is False
     assert (config["ttl"], config["loop_wait"], config["retry_timeout"]) == (20, 1, 3)
     report = sync_cluster.cli_json("replication-status")
-    assert report["replicas"][0]["sync_state"] == "sync"
+    assert [r["sync_state"] for r in report["replicas"]] == ["sync"]
 
 
 def test_wait_sync_reports_caught_up(sync_cluster: RunningCluster) -> None:
     report = sync_cluster.cli_json("wait-sync", "--timeout", "10")
+    replica = next(n for n, r in roles(sync_cluster).items() if r is Role.REPLICA)
     assert report["synced"] is True
-    assert report["lag_bytes"] == {"postgres-video-slave": 0}
+    assert report["lag_bytes"] == {replica: 0}
 
 
 def test_drill_postgres_crash_loses_nothing(sync_cluster: RunningCluster) -> None:
@@ -186,12 +205,10 @@ def test_three_node_cluster_survives_master_loss(sync_cluster: RunningCluster) -
 
 def test_remove_replica_drains_without_failed_reads(sync_cluster: RunningCluster) -> None:
     c = sync_cluster
-    name = "postgres-video-replica-1"
     with pytest.raises(ClusterError, match="No such server"):  # a refusal is never silent
         set_server_state(c.layout, "postgres_read", "no-such-node", "drain")
-    if roles(c).get(name) is Role.PRIMARY:
-        c.cli("switchover", check=True, timeout=120)
-        wait_healthy(c)
+    name = c.cli_json("add-replica")["name"]
+    wait_healthy(c)
     failures: list[str] = []
     reads = 0
     stop = threading.Event()

@@ -85,3 +85,22 @@ def test_two_clis_at_once_the_second_is_refused(cluster: RunningCluster) -> None
     assert name in {n["name"] for n in json.loads((cluster.layout.root / "nodes.json").read_text())}
     removed = cluster.cli("remove-replica", name)
     assert removed.rc == 0, removed
+
+
+def test_a_failed_add_replica_leaves_nothing_behind(cluster: RunningCluster) -> None:
+    """A replica that does not stream in time is removed again: no node, program or data."""
+
+    # supervisord.conf is rewritten (its autostart flags are a start's business), so compare the
+    # node list and the configs that name nodes.
+    def nodes_and_routing() -> dict[str, str]:
+        return {k: v for k, v in fingerprint(cluster).items() if not k.endswith("supervisord.conf")}
+
+    before = nodes_and_routing()
+    name = "postgres-video-replica-7"
+    failed = cluster.cli("add-replica", name, "--timeout", "0.5")
+    assert failed.rc == 1 and "streaming not reached" in " ".join(failed.stderr.split()), failed
+    assert "removing it again" in failed.stderr
+    assert nodes_and_routing() == before  # configs and nodes.json as they were
+    assert name not in {p.name for p in cluster.supervisor().programs()}
+    assert not cluster.layout.node_data(name).exists()
+    assert name not in {s["name"] for s in cluster.cli_json("status")["services"]}

@@ -66,3 +66,17 @@ def test_commands_on_a_stopped_platform_say_so(workdir: Path) -> None:
         refused = run("--config", str(config), command)
         text = " ".join(refused.stderr.split())
         assert refused.returncode == 3 and "is not running; start it with" in text, command
+
+
+def test_a_tool_that_hangs_is_stopped_and_named_in_one_line(workdir: Path) -> None:
+    """HAProxy's config check never returns: start says so after its deadline, no traceback."""
+    hanging = workdir / "haproxy-that-hangs"
+    hanging.write_text("#!/bin/sh\nexec sleep 300\n")
+    hanging.chmod(0o755)
+    config = write_sandbox_config(workdir)
+    result = run("--config", str(config), "--set", f"haproxy.binary={hanging}", "start", "video")
+    text = " ".join(result.stderr.split())
+    assert result.returncode == 1, result
+    assert "haproxy -c did not finish in 30 s and was stopped" in text
+    assert "Traceback" not in result.stderr
+    assert not (workdir / "state" / "run" / "supervisord.pid").exists()  # nothing started

@@ -13,7 +13,7 @@ from videodb.backup_repo import BackupInfo, BackupRepo, new_id
 from videodb.backups.guards import require_space
 from videodb.backups.progress import Meter, size
 from videodb.backups.prune import wal_file_name
-from videodb.backups.restore import RecoveryTarget, recovery_parameters
+from videodb.backups.restore import RecoveryTarget, drop_recovery_targets, recovery_parameters
 from videodb.errors import ClusterError
 from videodb.layout import StateLayout
 from videodb.wal_archive import archive_parameters, archive_script, restore_command
@@ -117,3 +117,30 @@ def test_recovery_quotes_the_archive_command_like_every_node_does(tmp_path: Path
     assert params["restore_command"] == f"cp '{repo.wal}'/%f %p"
     # Split as PostgreSQL's shell will: the script and two arguments, whatever the path holds.
     assert shlex.split(params["archive_command"]) == [str(script), "%p", "%f"]
+
+
+def test_a_copied_replicas_empty_recovery_targets_are_dropped(tmp_path: Path) -> None:
+    """Patroni leaves `recovery_target_time = ''` and the like in a former replica's
+    postgresql.conf; with a target on the command line PostgreSQL would refuse to start."""
+    conf = tmp_path / "postgresql.conf"
+    conf.write_text(
+        "include 'postgresql.base.conf'\n"
+        "archive_mode = 'always'\n"
+        "# recovery.conf\n"
+        "recovery_target = ''\n"
+        "recovery_target_lsn = ''\n"
+        "recovery_target_time = ''\n"
+        "  recovery_target_timeline = 'latest'\n"
+        "#recovery_target_xid = ''\n"
+        "restore_command = 'cp x y'\n"
+    )
+    dropped = drop_recovery_targets(tmp_path)
+    assert len(dropped) == 4
+    assert conf.read_text() == (
+        "include 'postgresql.base.conf'\n"
+        "archive_mode = 'always'\n"
+        "# recovery.conf\n"
+        "#recovery_target_xid = ''\n"
+        "restore_command = 'cp x y'\n"
+    )
+    assert drop_recovery_targets(tmp_path / "none") == []  # no file: nothing to do

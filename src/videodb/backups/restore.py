@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import subprocess
 import tempfile
 import time
@@ -198,6 +199,32 @@ def _restore_logical(
 # -- physical ----------------------------------------------------------------------------------
 
 
+_RECOVERY_TARGET_LINE = re.compile(r"^\s*recovery_target\w*\s*=", re.MULTILINE)
+
+
+def drop_recovery_targets(data_dir: Path) -> list[str]:
+    """Remove recovery_target* lines from a copied data directory's postgresql.conf.
+
+    Patroni writes `recovery_target_lsn = ''`, `recovery_target_time = ''`... into the
+    postgresql.conf of every node that has run as a replica, so a base backup of a master that
+    was promoted carries them. With a target given on the command line, PostgreSQL then stops
+    with "multiple recovery targets specified": the target must come from one place only.
+    Returns the lines removed.
+    """
+    conf = data_dir / "postgresql.conf"
+    try:
+        text = conf.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return []
+    lines = text.splitlines(keepends=True)
+    dropped = [ln.strip() for ln in lines if _RECOVERY_TARGET_LINE.match(ln)]
+    if dropped:
+        conf.write_text(
+            "".join(ln for ln in lines if not _RECOVERY_TARGET_LINE.match(ln)), encoding="utf-8"
+        )
+    return dropped
+
+
 def recovery_parameters(
     layout: StateLayout, repo: BackupRepo, target: RecoveryTarget
 ) -> dict[str, str]:
@@ -253,6 +280,7 @@ def _recover(
     progress(f"copying {info.id} ({size(info.size_bytes)}) for the recovery")
     meter = Meter(progress, "copied", info.size_bytes)
     copy_tree(repo.data_path(info), staging / "data", user, meter)
+    drop_recovery_targets(staging / "data")
     signal_file = staging / "data" / "recovery.signal"
     signal_file.touch()
     if not user.is_current:

@@ -97,11 +97,14 @@ class Supervisor:
         except xmlrpc.client.Fault as exc:
             raise ClusterError(f"supervisord refused {method}{args}: {exc.faultString}") from exc
         except OSError as exc:
-            self._transport.close()  # a timed-out connection is not reused, nor left open
             raise NotRunningError(
                 f"supervisord is not answering on {self.layout.supervisor_socket()} ({exc}); "
                 "is the platform running? try 'platform.sh status'"
             ) from exc
+        finally:
+            # One connection per call: a client dropped without close() leaves no socket open,
+            # and a timed-out connection is never reused.
+            self._transport.close()
 
     def answering(self) -> bool:
         try:
