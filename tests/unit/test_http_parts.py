@@ -248,3 +248,36 @@ def test_only_a_retryable_database_error_is_a_503() -> None:
         assert busy.status_code == 503 and busy.headers["Retry-After"] == "1", path
         assert "retry in a moment" in busy.json()["error"]["message"]
     layer.dispose()
+
+
+def test_old_idempotency_keys_are_pruned_at_start_and_then_periodically() -> None:
+    """The upload service's expiry: once at start, every interval, a database error retried."""
+    import asyncio
+    from typing import cast
+
+    import psycopg
+
+    from videodb.db import DataLayer
+    from videodb.services.expiry import IdempotencyExpiry
+
+    class FakeLayer:
+        def __init__(self) -> None:
+            self.calls: list[float] = []
+
+        def prune_idempotency(self, older_than_s: float) -> int:
+            self.calls.append(older_than_s)
+            if len(self.calls) == 2:
+                raise psycopg.OperationalError("the master went away")
+            return 3
+
+    layer = FakeLayer()
+    expiry = IdempotencyExpiry(cast(DataLayer, layer), ttl_s=86_400, interval_s=0.01)
+
+    async def run() -> None:
+        await expiry.start()
+        while len(layer.calls) < 4:
+            await asyncio.sleep(0.005)
+        await expiry.stop()
+
+    asyncio.run(asyncio.wait_for(run(), timeout=10))
+    assert layer.calls[:4] == [86_400] * 4  # the failed second prune did not stop the third

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-
-from starlette.concurrency import run_in_threadpool
 
 from videodb.db import DataLayer
 from videodb.db.layer import DB_ERRORS
+from videodb.services.periodic import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -20,8 +17,8 @@ class IdempotencyExpiry:
     def __init__(self, layer: DataLayer, ttl_s: float, interval_s: float | None = None) -> None:
         self.layer = layer
         self.ttl_s = ttl_s
-        self.interval_s = interval_s if interval_s is not None else min(3600.0, ttl_s / 4)
-        self._task: asyncio.Task[None] | None = None
+        every = interval_s if interval_s is not None else min(3600.0, ttl_s / 4)
+        self._pruner = Periodic(self.prune, every, at_start=True, at_stop=False)
 
     def prune(self) -> int:
         try:
@@ -30,16 +27,8 @@ class IdempotencyExpiry:
             log.warning("could not forget old idempotency keys (retried later): %s", exc)
             return 0
 
-    async def _loop(self) -> None:
-        while True:
-            await run_in_threadpool(self.prune)
-            await asyncio.sleep(self.interval_s)
-
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._loop())
+        await self._pruner.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._pruner.stop()

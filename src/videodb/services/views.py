@@ -3,18 +3,16 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import threading
 import uuid
 from collections import Counter as Tally
 
-from fastapi.concurrency import run_in_threadpool
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from sqlalchemy import text
 
 from videodb.db import DataLayer
+from videodb.services.periodic import Periodic
 
 log = logging.getLogger("videodb.services.views")
 
@@ -30,7 +28,7 @@ class ViewCounter:
         self.interval_s = interval_s
         self._pending: Tally[uuid.UUID] = Tally()
         self._lock = threading.Lock()
-        self._task: asyncio.Task[None] | None = None
+        self._writer = Periodic(self.flush, interval_s, at_start=False, at_stop=True)
         self.counted = Counter("videodb_views_counted_total", "Views counted", registry=registry)
         self.flushes = Counter(
             "videodb_view_flushes_total", "Transactions that wrote view counts", registry=registry
@@ -73,17 +71,9 @@ class ViewCounter:
         self.pending_gauge.dec(total)
         return total
 
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval_s)
-            await run_in_threadpool(self.flush)
-
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._loop())
+        await self._writer.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        await run_in_threadpool(self.flush)
+        """Stop writing in the background, and write what is left."""
+        await self._writer.stop()
