@@ -232,7 +232,12 @@ def ensure_guide_roles(cluster: RunningCluster, timeout: float = 120) -> None:
         assert switched.rc == 0, switched
         wait_for(healthy, timeout=timeout, what="a healthy cluster after switching back")
     status = cluster.cli_json("status", expect_rc=None)
-    stopped = [s["name"] for s in status["services"] if s["role"] == "app" and not s["healthy"]]
+    stopped = [s["name"] for s in status["services"] if s["role"] == "app" and s["pid"] is None]
     if stopped:
         started = cluster.cli("start", "apps", timeout=timeout)
         assert started.rc == 0, started
+    wait_for(
+        lambda: cluster.cli("status").rc == 0,
+        timeout=timeout,
+        what="'platform.sh status' healthy (every process, the applications ready)",
+    )

@@ -304,6 +304,11 @@ def test_a_plain_upload_right_after_a_switchover_succeeds(
     old = next(s["name"] for s in master["services"] if s["role"] == "primary")
     try:
         assert cluster.cli("switchover", timeout=120).rc == 0
+        # The apps' pools held connections the switchover cut: readiness is not fooled by them.
+        ready = {
+            s["name"]: s["detail"] for s in cluster.cli_json("status", expect_rc=None)["services"]
+        }
+        assert all(ready[app] == "ready" for app in ("upload", "metadata", "streaming")), ready
         after = upload(http, cluster, media["mp4"], title="after the switchover")
         assert after.status_code == 201, after.text
     finally:

@@ -203,11 +203,16 @@ def create_app(
     @app.get("/readyz", tags=["operations"], summary="The database answers through its port")
     def readyz() -> JSONResponse:
         engine = layer.writer_engine if ready_on == "writer" else layer.reader_engine
-        try:
-            with engine.connect() as conn:
-                conn.execute(text("SELECT 1"))
-        except DB_ERRORS as exc:
-            return json_error(503, f"{ready_on} port not reachable: {first_line(exc)}")
+        for attempt in (1, 2):
+            try:
+                with engine.connect() as conn:
+                    conn.execute(text("SELECT 1"))
+                break
+            except DB_ERRORS as exc:
+                if attempt == 2 or not classify(exc).role_may_have_changed:
+                    return json_error(503, f"{ready_on} port not reachable: {first_line(exc)}")
+                # The pool held connections a failover cut: drop them and ask once more.
+                engine.dispose()
         return JSONResponse({"status": "ready", "service": service, "database": ready_on})
 
     @app.get("/metrics", tags=["operations"], summary="Prometheus metrics")
