@@ -435,6 +435,8 @@ def _shift_ports(tree: dict[str, Any], sources: Mapping[str, str]) -> None:
             places += [(table, k, f"{section}.{k}") for k in keys if k in table]
     for table, key, dotted in places:
         value = table[key]
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value)  # from --set or the environment: a string until validated
         if isinstance(value, int) and not isinstance(value, bool):
             if value + offset > 65535:
                 raise ConfigError(

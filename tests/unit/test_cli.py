@@ -124,6 +124,13 @@ def test_port_offset_moves_every_port_and_the_state_directory(tmp_path: Path) ->
     # The environment does the same; the printed TOML does not add the offset a second time.
     by_env = run("config", "--json", env={"VIDEODB_PORT_OFFSET": "100"})
     assert json.loads(by_env.stdout)["settings"] == moved
+    # A port set by a flag or the environment (a string until validated) moves too.
+    for how, env in (
+        (("--set", "haproxy.write_port=6435"), {}),
+        ((), {"VIDEODB__HAPROXY__WRITE_PORT": "6435"}),
+    ):
+        shown = run("--port-offset", "100", *how, "config", "--json", env=env)
+        assert json.loads(shown.stdout)["settings"]["haproxy"]["write_port"] == 6535, how
     saved = tmp_path / "moved.toml"
     saved.write_text(run("--port-offset", "100", "config").stdout)
     reloaded = json.loads(run("--config", str(saved), "config", "--json").stdout)["settings"]
