@@ -180,6 +180,8 @@ def _print_json(data: Any) -> None:
 
 def _fail(exc: VideoDBError) -> NoReturn:
     err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+    for note in getattr(exc, "__notes__", []):
+        err.print(f"  {escape(note)}", highlight=False, soft_wrap=True)
     sys.exit(exc.exit_code)
 
 

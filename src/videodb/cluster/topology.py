@@ -184,9 +184,16 @@ def add_replica(
             what=f"{name} streaming",
             hint=f"see 'platform.sh logs {name}'",
         )
-    except BaseException:
+    except BaseException as exc:
         progress(f"{name} did not stream: removing it again (its log stays in {layout.logs})")
-        _undo_add(settings, layout, tools, node)
+        try:
+            _undo_add(settings, layout, tools, node)
+        except Exception as undo:  # keep why it failed; say what is left to clean up
+            log.error("could not remove the half-added %s: %s", name, undo)
+            exc.add_note(
+                f"removing the half-added {name} failed too ({undo}); 'platform.sh restart' "
+                f"drops it, and its data is in {layout.node_data(name)}"
+            )
         raise
     # Only a replica that streams is recorded: nodes.json never names a half-added node.
     _save_extra(layout, extra)
