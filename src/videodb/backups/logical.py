@@ -17,7 +17,7 @@ from videodb.cluster.pg import connect_superuser
 from videodb.config import Settings
 from videodb.errors import ClusterError
 from videodb.layout import StateLayout, service_user
-from videodb.runner import LONG_TOOL_S, ToolError, deadline, tool_env
+from videodb.runner import LONG_TOOL_S, deadline, tool_env
 from videodb.secrets import ClusterSecrets
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,10 @@ def dump_database(
                 elif "error" in line.lower() or "fatal" in line.lower():
                     errors.append(line)
             process.wait()
-    except ToolError:
+    except BaseException:  # its deadline, or an interrupt: keep no partial dump
+        if process.poll() is None:
+            process.kill()
+            process.wait()
         partial.unlink(missing_ok=True)
         raise
     finally:

@@ -91,7 +91,11 @@ def take_base_backup(
     started = now_iso()
     progress(f"base backup {backup_id} from {primary.name} (pg_basebackup, WAL streamed in)")
     meter = Meter(progress, "copied", None)
-    code, messages = run_with_progress(as_user(user, argv), meter)
+    try:
+        code, messages = run_with_progress(as_user(user, argv), meter)
+    except BaseException:  # its deadline, or an interrupt: keep no half-copied backup
+        shutil.rmtree(target, ignore_errors=True)
+        raise
     if code != 0:
         shutil.rmtree(target, ignore_errors=True)
         raise ClusterError(
