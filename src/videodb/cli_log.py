@@ -9,12 +9,26 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
 FORMAT = "%(asctime)s %(levelname)s [pid %(process)d] %(name)s: %(message)s"
 
 _attached: set[Path] = set()
+_SECRET_ASSIGNMENT = re.compile(r"^((?:[a-z0-9_]+\.)*[a-z0-9_]*(?:password|secret)[a-z0-9_]*=).*$")
+
+
+def shown_command(argv: list[str] | None = None) -> str:
+    """This command line as logs and messages show it: `platform.sh ...`, with the value of any
+    `--set ...password=VALUE` replaced, so a secret given as a flag never lands in a file."""
+    words = (sys.argv if argv is None else argv)[1:]
+    return " ".join(["platform.sh", *(_hide_secret(w) for w in words)])
+
+
+def _hide_secret(word: str) -> str:
+    prefix = "--set=" if word.startswith("--set=") else ""
+    return prefix + _SECRET_ASSIGNMENT.sub(r"\1********", word[len(prefix) :])
 
 
 def log_to(logs_dir: Path) -> Path | None:
@@ -32,5 +46,5 @@ def log_to(logs_dir: Path) -> Path | None:
     logger.setLevel(logging.INFO)
     logger.addHandler(handler)
     _attached.add(path)
-    logger.info("%s", " ".join(["platform.sh", *sys.argv[1:]]) + f" (uid {os.getuid()})")
+    logger.info("%s (uid %d)", shown_command(), os.getuid())
     return path

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import psycopg
 
+from videodb.cli_log import shown_command
+
 
 def log_file() -> Path:
     """~/.cache/videodb/errors.log (XDG_CACHE_HOME honoured), or the temporary directory."""
@@ -26,7 +28,7 @@ def record(exc: BaseException, argv: list[str]) -> Path:
     """Append the traceback to the log; returns the file written."""
     text = (
         f"--- {datetime.now(UTC).isoformat(timespec='seconds')} pid {os.getpid()}: "
-        f"{' '.join(argv)}\n" + "".join(traceback.format_exception(exc))
+        f"{shown_command(argv)}\n" + "".join(traceback.format_exception(exc))
     )
     for path in (log_file(), Path(tempfile.gettempdir()) / f"videodb-errors-{os.getuid()}.log"):
         try:

@@ -13,12 +13,12 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
+from videodb.cli_log import shown_command
 from videodb.errors import ClusterError
 
 
@@ -66,7 +66,7 @@ def exclusive(lock_file: Path, what: str, command: str | None = None) -> Iterato
             ) from None
         me = {
             "pid": os.getpid(),
-            "command": command or " ".join(["platform.sh", *sys.argv[1:]]),
+            "command": command or shown_command(),
             "since": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         os.ftruncate(fd, 0)

@@ -72,3 +72,24 @@ def test_the_lock_is_reentrant_in_one_process(tmp_path: Path) -> None:
         with platform_lock(tmp_path):
             pass
     end(hold_in_another_process(tmp_path))  # and released afterwards
+
+
+def test_a_secret_given_as_a_flag_is_never_recorded() -> None:
+    from videodb.cli_log import shown_command
+
+    argv = [
+        "videodb",
+        "--set",
+        "database.app_password=hunter2",
+        "--set=a.b_password=x2",
+        "--set",
+        "haproxy.maxconn=500",
+        "start",
+        "video",
+    ]
+    shown = shown_command(argv)
+    assert "hunter2" not in shown and "x2" not in shown
+    assert shown == (
+        "platform.sh --set database.app_password=******** --set=a.b_password=******** "
+        "--set haproxy.maxconn=500 start video"
+    )
