@@ -439,7 +439,8 @@ def destroy(
     ),
 )
 def status_cmd(ctx: typer.Context, as_json: JsonOpt = False) -> None:
-    """Every process with its role, pid, port and health. Exit 1 if unhealthy, 3 if stopped."""
+    """Every process with its role, pid, port and health. Exit 1 if unhealthy, 3 if stopped
+    or never started in this state directory (then one line says so)."""
     c = _ctx(ctx)
     layout = c.layout()
     if status.never_started(layout):
@@ -536,8 +537,9 @@ def logs(
     service: Annotated[
         str,
         typer.Argument(
+            metavar="SERVICE",
             help="postgres-video-master, postgres-video-slave, haproxy-postgres, etcd, upload, "
-            "metadata, streaming, supervisord, cli (what state-changing commands did)"
+            "metadata, streaming, supervisord, cli (what state-changing commands did)",
         ),
     ],
     follow: Annotated[
@@ -699,7 +701,9 @@ def wait_sync(
 @mutating
 def rejoin(
     ctx: typer.Context,
-    node: Annotated[str, typer.Argument(help="The replica to re-clone from the master.")],
+    node: Annotated[
+        str, typer.Argument(metavar="NODE", help="The replica to re-clone from the master.")
+    ],
     timeout: Annotated[float, typer.Option(metavar="SECONDS", help="Seconds to wait.")] = 120.0,
 ) -> None:
     """Force a replica to re-clone from the master and stream again."""
@@ -720,7 +724,8 @@ def rejoin(
 def add_replica(
     ctx: typer.Context,
     name: Annotated[
-        str | None, typer.Argument(help="Node name (default postgres-video-replica-N).")
+        str | None,
+        typer.Argument(metavar="NAME", help="Node name (default postgres-video-replica-N)."),
     ] = None,
     port: Annotated[
         int | None, typer.Option(metavar="PORT", help="PostgreSQL port (default: next free).")
@@ -754,7 +759,7 @@ def add_replica(
 @mutating
 def remove_replica(
     ctx: typer.Context,
-    name: Annotated[str, typer.Argument(help="A replica added with add-replica.")],
+    name: Annotated[str, typer.Argument(metavar="NAME", help="A replica added with add-replica.")],
     drain_timeout: Annotated[
         float, typer.Option(metavar="SECONDS", help="Seconds to let its HAProxy sessions finish.")
     ] = 30.0,
@@ -904,7 +909,9 @@ def backup_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
 @mutating
 def backup_verify(
     ctx: typer.Context,
-    backup_id: Annotated[str, typer.Argument(help="A backup id from 'backup list'.")],
+    backup_id: Annotated[
+        str, typer.Argument(metavar="BACKUP_ID", help="A backup id from 'backup list'.")
+    ],
     as_json: JsonOpt = False,
 ) -> None:
     """Checksums (pg_verifybackup, or the dump's SHA-256), then a real restore into a throwaway
@@ -972,8 +979,9 @@ def restore(
     backup_id: Annotated[
         str,
         typer.Argument(
+            metavar="BACKUP_ID",
             help="A backup id from 'backup list', or 'latest': the newest base backup (that "
-            "started before --time, when given)."
+            "started before --time, when given).",
         ),
     ],
     at_time: Annotated[
