@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, NoReturn, TypeVar, cast
 
 import typer
+from pydantic import SecretStr
 from rich.console import Console
 from rich.markup import escape
 
@@ -46,7 +47,7 @@ from videodb.config_toml import render_config
 from videodb.errors import ConfigError, NotRunningError, VideoDBError
 from videodb.layout import StateLayout, project_home, resolve_layout
 from videodb.platform_lock import platform_lock
-from videodb.secrets import load_secrets
+from videodb.secrets import bundle_path, create_bundle, load_secrets, read_bundle
 
 log = logging.getLogger("videodb.cli")
 
@@ -106,19 +107,30 @@ class Context:
     state_dir: Path | None
     assignments: list[str] = field(default_factory=list)
     flag_names: dict[str, str] = field(default_factory=dict)  # key -> the flag that set it
+    cluster_file: Path | None = None  # --cluster FILE: the config, with its secrets bundle
     _loaded: LoadedSettings | None = None
 
     def _load(self) -> LoadedSettings:
         assignments = list(self.assignments)
         if self.state_dir is not None:
             assignments.append(f"state_dir={self.state_dir}")
-        file = self.config_file or default_config_file(project_home())
-        return load_settings(
+        if self.cluster_file is not None:
+            bundle = bundle_path(self.cluster_file)
+            assignments.insert(0, f"secrets_bundle={bundle}")
+        file = self.cluster_file or self.config_file or default_config_file(project_home())
+        loaded = load_settings(
             file,
             assignments=assignments,
-            require_file=self.config_file is not None,
+            require_file=self.config_file is not None or self.cluster_file is not None,
             flag_names=self.flag_names,
         )
+        s = loaded.settings
+        if s.secrets_bundle is not None and "database.app_password" not in loaded.sources:
+            # The application password of a cluster is the bundle's, unless given explicitly.
+            app_password = SecretStr(read_bundle(s.secrets_bundle).app_password)
+            database = s.database.model_copy(update={"app_password": app_password})
+            loaded.settings = s.model_copy(update={"database": database})
+        return loaded
 
     def loaded(self) -> LoadedSettings:
         if self._loaded is None:
@@ -242,6 +254,24 @@ def main_options(
             "beside the first, e.g. --port-offset 100 (write port 5535). Env VIDEODB_PORT_OFFSET.",
         ),
     ] = None,
+    cluster: Annotated[
+        Path | None,
+        typer.Option(
+            "--cluster",
+            metavar="FILE",
+            help="A cluster file (TOML with [[hosts]]) for a platform across several hosts; its "
+            "shared secrets are read from FILE.secrets ('platform.sh cluster init FILE').",
+        ),
+    ] = None,
+    host: Annotated[
+        str | None,
+        typer.Option(
+            "--host",
+            metavar="NAME",
+            help="Which host of the cluster file this machine is (its part is what 'start' "
+            "starts here).",
+        ),
+    ] = None,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Show version.")
     ] = False,
@@ -254,7 +284,12 @@ def main_options(
     if port_offset is not None:
         sets.append(f"port_offset={port_offset}")
         flag_names["port_offset"] = "--port-offset"
-    ctx.obj = Context(config, state_dir, sets, flag_names)
+    if host is not None:
+        sets.append(f"host={host}")
+        flag_names["host"] = "--host"
+    if cluster is not None and config is not None:
+        raise typer.BadParameter("give --cluster FILE or --config FILE, not both")
+    ctx.obj = Context(config, state_dir, sets, flag_names, cluster)
 
 
 @app.command(
@@ -321,14 +356,14 @@ def start(
         else:
             for s in states:
                 out.print(f"{s.name}: {s.state}, pid {s.pid}, port {s.port}: {s.detail}")
-            out.print(f"the page: http://{settings.listen_host}:{settings.apps.web_port}/")
+            out.print(f"the page: http://{settings.address}:{settings.apps.web_port}/")
         return
 
     result = lifecycle.start(
         settings, layout, timeout=timeout, progress=progress, flags=frozenset(given)
     )
     states = []
-    if settings.apps.autostart:
+    if settings.apps.autostart and settings.this_host().apps:
         states = apps.start_apps(settings, layout, progress=progress)
     for warning in result.warnings:
         err.print(f"[yellow]warning:[/] {warning}", highlight=False)
@@ -363,7 +398,7 @@ def start(
         out.print(f"cluster healthy in {result.elapsed_s:.1f} s; primary is {result.primary}")
     if states:
         out.print(
-            f"applications ready; the page: http://{settings.listen_host}:{settings.apps.web_port}/"
+            f"applications ready; the page: http://{settings.address}:{settings.apps.web_port}/"
         )
     out.print(render_text.ports_table(settings, result.primary))
 
@@ -876,6 +911,49 @@ def backup_video(
 
 backup_app = typer.Typer(help="The backup repository: list, verify, prune.", no_args_is_help=True)
 app.add_typer(backup_app, name="backup")
+
+cluster_app = typer.Typer(
+    help="A platform across several hosts, described by a cluster file.", no_args_is_help=True
+)
+app.add_typer(cluster_app, name="cluster")
+
+
+@cluster_app.command(
+    "init",
+    epilog=examples(
+        "platform.sh cluster init cluster.toml    then copy cluster.toml and",
+        "                                          cluster.toml.secrets to every host",
+    ),
+)
+def cluster_init(
+    file: Annotated[Path, typer.Argument(metavar="FILE", help="The cluster file (TOML).")],
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Replace an existing bundle (locks out a running cluster)."),
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Check a cluster file and make the cluster's shared secrets once, in FILE.secrets (0600).
+
+    Copy both files to every host, then run on each: platform.sh --cluster FILE --host NAME start
+    video. The hosts may start in any order.
+    """
+    bundle = bundle_path(file)
+    loaded = load_settings(file, require_file=True, assignments=[f"secrets_bundle={bundle}"])
+    hosts = loaded.settings.topology_hosts()
+    create_bundle(bundle, force=force)
+    commands = [
+        f"./scripts/platform.sh --cluster {file} --host {h.name} start video" for h in hosts
+    ]
+    if as_json:
+        _print_json(
+            {"secrets": str(bundle), "hosts": [h.name for h in hosts], "commands": commands}
+        )
+        return
+    out.print(f"wrote {bundle} (0600): copy it beside {file} on every host", highlight=False)
+    out.print("then run, on each host (any order):", highlight=False)
+    for command in commands:
+        out.print(f"  {command}", highlight=False)
 
 
 @backup_app.command("list")

@@ -43,11 +43,44 @@ NODE_NAME_PATTERN = r"[a-z][a-z0-9-]{0,62}"
 
 
 class NodeSpec(_Strict):
-    """One PostgreSQL node managed by Patroni."""
+    """One PostgreSQL node managed by Patroni, on one host of the topology."""
 
     name: Annotated[str, Field(pattern=f"^{NODE_NAME_PATTERN}$")]
     port: Port
     api_port: Port
+    host: Annotated[str, Field(pattern=f"^{NODE_NAME_PATTERN}$")] | None = None  # None: the first
+
+
+LOCAL_HOST = "local"  # the one host of the single-machine default
+
+
+class HostSpec(_Strict):
+    """One machine of the deployment: its address and what runs on it.
+
+    The PostgreSQL nodes name their host (`nodes[].host`). Every service on a host listens on
+    its address, and every address another host is given is this one (never loopback).
+    """
+
+    name: Annotated[str, Field(pattern=f"^{NODE_NAME_PATTERN}$")]
+    address: str
+    etcd: bool = True  # an etcd member
+    haproxy: bool = True  # the write, read and stats ports (and the web port with apps)
+    apps: bool = True  # the upload, metadata and streaming applications
+
+    @model_validator(mode="after")
+    def _address_is_ip(self) -> HostSpec:
+        try:
+            ipaddress.ip_address(self.address)
+        except ValueError as exc:
+            raise ValueError(
+                f"host {self.name}: address {self.address!r} is not an IP address"
+            ) from exc
+        if self.apps and not self.haproxy:
+            raise ValueError(
+                f"host {self.name}: apps = true needs haproxy = true (the applications reach the "
+                "database through their own host's write and read ports)"
+            )
+        return self
 
 
 class EtcdSpec(_Strict):
@@ -187,7 +220,14 @@ class Settings(_Strict):
     # Added to every port below when the settings are loaded (--port-offset): a second platform
     # beside the first; its default state directory is .state-<offset>.
     port_offset: Annotated[int, Field(ge=0, le=60_000)] = 0
-    listen_host: str = "127.0.0.1"
+    listen_host: str = "127.0.0.1"  # the single host's address when `hosts` is empty
+    # The topology: empty means one host ('local', at listen_host) running everything. A cluster
+    # file lists every host; `host` (--host) says which one this machine is.
+    hosts: Annotated[list[HostSpec], Field(max_length=16)] = Field(default_factory=list)
+    host: Annotated[str, Field(pattern=f"^{NODE_NAME_PATTERN}$")] | None = None
+    # The shared secrets of a cluster across hosts ('cluster init'); --cluster FILE sets it to
+    # FILE.secrets. Unset on one machine: the state directory makes its own.
+    secrets_bundle: Path | None = None
     nodes: Annotated[list[NodeSpec], Field(min_length=2, max_length=9)] = Field(
         default_factory=_default_nodes
     )
@@ -205,35 +245,125 @@ class Settings(_Strict):
             address = ipaddress.ip_address(self.listen_host)
         except ValueError as exc:
             raise ValueError(f"listen_host {self.listen_host!r} is not an IP address") from exc
-        if not address.is_loopback:
+        if not self.hosts and not address.is_loopback:
             raise ValueError(
-                f"listen_host {self.listen_host!r} is not a loopback address; this platform "
-                "listens on 127.0.0.0/8 only"
+                f"listen_host {self.listen_host!r} is not a loopback address; one machine "
+                "listens on 127.0.0.0/8 only (list [[hosts]] for a cluster across machines)"
             )
         names = [n.name for n in self.nodes]
         if len(set(names)) != len(names):
             raise ValueError(f"node names must be unique, got {names}")
-        ports = self.all_ports()
-        seen: dict[int, str] = {}
-        for what, port in ports.items():
-            if port in seen:
-                raise ValueError(f"port {port} is given to both {seen[port]} and {what}")
-            seen[port] = what
+        self._check_topology()
+        for host in self.topology_hosts():
+            seen: dict[int, str] = {}
+            for what, port in self.ports_on(host).items():
+                if port in seen:
+                    raise ValueError(
+                        f"port {port} is given to both {seen[port]} and {what}"
+                        + (f" on host {host.name}" if self.hosts else "")
+                    )
+                seen[port] = what
         return self
 
-    def all_ports(self) -> dict[str, int]:
-        """Every TCP port the platform listens on, by what listens there."""
-        ports: dict[str, int] = {}
+    def _check_topology(self) -> None:
+        hosts = self.topology_hosts()
+        host_names = [h.name for h in hosts]
+        if len(set(host_names)) != len(host_names):
+            raise ValueError(f"host names must be unique, got {host_names}")
+        addresses = [h.address for h in hosts]
+        if len(set(addresses)) != len(addresses):
+            raise ValueError(f"host addresses must be unique, got {addresses}")
         for node in self.nodes:
+            if node.host is None and self.hosts:
+                raise ValueError(
+                    f"node {node.name} names no host; with [[hosts]] listed, give each node "
+                    f"host = one of {host_names}"
+                )
+            if node.host is not None and node.host not in host_names:
+                raise ValueError(f"node {node.name}: host {node.host!r} is not one of {host_names}")
+        if not any(h.etcd for h in hosts):
+            raise ValueError("no host runs etcd; set etcd = true on one host (three for a quorum)")
+        if self.hosts and self.secrets_bundle is None:
+            raise ValueError(
+                "a cluster of several hosts needs its shared secrets: pass the cluster file with "
+                "--cluster FILE (its bundle FILE.secrets comes from 'platform.sh cluster init')"
+            )
+        if self.host is not None and self.host not in host_names:
+            raise ValueError(f"host {self.host!r} (--host) is not one of {host_names}")
+
+    # -- the topology -------------------------------------------------------------------------
+
+    def topology_hosts(self) -> list[HostSpec]:
+        """Every host; the default is one host at listen_host running everything."""
+        return list(self.hosts) or [HostSpec(name=LOCAL_HOST, address=self.listen_host)]
+
+    @property
+    def multi_host(self) -> bool:
+        return len(self.topology_hosts()) > 1
+
+    def host_spec(self, name: str) -> HostSpec:
+        for host in self.topology_hosts():
+            if host.name == name:
+                return host
+        known = ", ".join(h.name for h in self.topology_hosts())
+        raise ConfigError(f"no host named {name!r}; the hosts are: {known}")
+
+    def this_host(self) -> HostSpec:
+        """The host this command runs on: --host, or the only one."""
+        hosts = self.topology_hosts()
+        if self.host is not None:
+            return self.host_spec(self.host)
+        if len(hosts) == 1:
+            return hosts[0]
+        raise ConfigError(
+            f"the cluster file lists {len(hosts)} hosts ({', '.join(h.name for h in hosts)}); "
+            "say which one this machine is with --host NAME"
+        )
+
+    @property
+    def address(self) -> str:
+        """This host's address: where its services listen and its local tools connect."""
+        return self.this_host().address
+
+    def node_host(self, node: NodeSpec) -> HostSpec:
+        return self.host_spec(node.host) if node.host else self.topology_hosts()[0]
+
+    def node_address(self, node: NodeSpec) -> str:
+        return self.node_host(node).address
+
+    def nodes_on(self, host: HostSpec) -> list[NodeSpec]:
+        return [n for n in self.nodes if self.node_host(n).name == host.name]
+
+    def local_nodes(self) -> list[NodeSpec]:
+        """The PostgreSQL nodes this host runs."""
+        return self.nodes_on(self.this_host())
+
+    def etcd_hosts(self) -> list[HostSpec]:
+        return [h for h in self.topology_hosts() if h.etcd]
+
+    def etcd_client_urls(self) -> list[str]:
+        return [f"http://{h.address}:{self.etcd.client_port}" for h in self.etcd_hosts()]
+
+    def ports_on(self, host: HostSpec) -> dict[str, int]:
+        """Every TCP port `host` listens on, by what listens there."""
+        ports: dict[str, int] = {}
+        for node in self.nodes_on(host):
             ports[f"{node.name} (postgres)"] = node.port
             ports[f"{node.name} (patroni api)"] = node.api_port
-        ports["etcd client"] = self.etcd.client_port
-        ports["etcd peer"] = self.etcd.peer_port
-        ports["haproxy write"] = self.haproxy.write_port
-        ports["haproxy read"] = self.haproxy.read_port
-        ports["haproxy stats"] = self.haproxy.stats_port
-        ports.update(self.app_ports())
+        if host.etcd:
+            ports["etcd client"] = self.etcd.client_port
+            ports["etcd peer"] = self.etcd.peer_port
+        if host.haproxy:
+            ports["haproxy write"] = self.haproxy.write_port
+            ports["haproxy read"] = self.haproxy.read_port
+            ports["haproxy stats"] = self.haproxy.stats_port
+        if host.apps:
+            ports.update(self.app_ports())
         return ports
+
+    def all_ports(self) -> dict[str, int]:
+        """Every TCP port this host listens on, by what listens there."""
+        return self.ports_on(self.this_host())
 
     def app_ports(self) -> dict[str, int]:
         services = {f"{name} app": port for name, port in self.apps.service_ports().items()}
@@ -272,7 +402,7 @@ def _set_path(tree: dict[str, Any], path: Sequence[str], value: Any, source: str
             node = node[idx]
         else:
             if key not in node or not isinstance(node[key], dict | list):
-                node[key] = [] if nxt.isdigit() and key == "nodes" else {}
+                node[key] = [] if nxt.isdigit() and key in ("nodes", "hosts") else {}
             node = node[key]
         if not isinstance(node, dict | list):
             above = ".".join(path[: i + 1])

@@ -18,7 +18,7 @@ def _mark(ok: bool) -> str:
 
 
 def ports_table(settings: Settings, primary: str | None) -> Table:
-    host = settings.listen_host
+    host = settings.address
     table = Table(title="video platform", title_justify="left")
     for column in ("service", "address", "purpose"):
         table.add_column(column)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from videodb.errors import NotRunningError
+from videodb.errors import ConfigError, NotRunningError
 from videodb.layout import StateLayout
 
 SUPERUSER_FILE = "superuser.password"
@@ -45,6 +46,82 @@ def _load_or_create(path: Path) -> str:
     value = secrets.token_urlsafe(32)
     write_private(path, value + "\n")
     return value
+
+
+def bundle_path(cluster_file: Path) -> Path:
+    """Where `cluster init FILE` puts the cluster's shared secrets: FILE.secrets, beside it."""
+    return cluster_file.with_name(cluster_file.name + ".secrets")
+
+
+@dataclass(frozen=True)
+class SecretsBundle:
+    """The secrets every host of one cluster shares, in one 0600 JSON file to copy to each."""
+
+    cluster: ClusterSecrets
+    app_password: str
+
+    def __repr__(self) -> str:
+        return "SecretsBundle(********)"
+
+
+def create_bundle(path: Path, *, force: bool = False) -> SecretsBundle:
+    if path.exists() and not force:
+        raise ConfigError(
+            f"{path} exists already: this cluster's secrets were made before; copy that file to "
+            "each host (making new ones would lock the running hosts out)"
+        )
+    bundle = SecretsBundle(
+        ClusterSecrets(*(secrets.token_urlsafe(32) for _ in range(3))), secrets.token_urlsafe(24)
+    )
+    data = {
+        "superuser_password": bundle.cluster.superuser_password,
+        "replication_password": bundle.cluster.replication_password,
+        "api_password": bundle.cluster.api_password,
+        "app_password": bundle.app_password,
+    }
+    write_private(path, json.dumps(data, indent=2) + "\n")
+    return bundle
+
+
+def read_bundle(path: Path) -> SecretsBundle:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return SecretsBundle(
+            ClusterSecrets(
+                data["superuser_password"], data["replication_password"], data["api_password"]
+            ),
+            data["app_password"],
+        )
+    except FileNotFoundError:
+        raise ConfigError(
+            f"the cluster's secrets bundle {path} does not exist; make it once with "
+            "'platform.sh cluster init CLUSTER_FILE' and copy it to every host beside the file"
+        ) from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(
+            f"the cluster's secrets bundle {path} cannot be read ({exc!r}); copy it again from "
+            "the host where 'platform.sh cluster init' made it"
+        ) from exc
+
+
+def install_bundle(layout: StateLayout, bundle: SecretsBundle) -> None:
+    """Put the bundle's secrets in this state directory, refusing another cluster's secrets."""
+    layout.secrets.mkdir(parents=True, exist_ok=True)
+    os.chmod(layout.secrets, 0o700)
+    wanted = {
+        SUPERUSER_FILE: bundle.cluster.superuser_password,
+        REPLICATION_FILE: bundle.cluster.replication_password,
+        API_FILE: bundle.cluster.api_password,
+    }
+    for name, value in wanted.items():
+        path = layout.secret(name)
+        if path.exists() and path.read_text(encoding="utf-8").strip() not in ("", value):
+            raise ConfigError(
+                f"{path} holds another cluster's secret than the bundle; this state directory "
+                "belongs to another cluster: use another --state-dir, or 'destroy' this one"
+            )
+    for name, value in wanted.items():
+        write_private(layout.secret(name), value + "\n")
 
 
 def ensure_secrets(layout: StateLayout) -> ClusterSecrets:

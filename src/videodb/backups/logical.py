@@ -60,7 +60,7 @@ def dump_database(
     argv = [
         str(settings.postgresql.bin_dir / "pg_dump"),
         "--format=custom",
-        f"--host={settings.listen_host}",
+        f"--host={settings.node_address(primary)}",
         f"--port={primary.port}",
         f"--username={settings.database.superuser}",
         f"--dbname={db}",

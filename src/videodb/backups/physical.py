@@ -31,9 +31,7 @@ def replication_passfile(
     """A pgpass the service user can read, for the replication role."""
     path = layout.service_run / "pgpass-backup"
     db = settings.database
-    write_private(
-        path, f"{settings.listen_host}:*:*:{db.replication_user}:{secrets.replication_password}\n"
-    )
+    write_private(path, f"*:*:*:{db.replication_user}:{secrets.replication_password}\n")
     if not user.is_current:
         os.chown(path, user.uid, user.gid)
     return path
@@ -73,7 +71,7 @@ def take_base_backup(
     target = repo.base / backup_id
     passfile = replication_passfile(settings, layout, secrets, user)
     conninfo = (
-        f"host={settings.listen_host} port={primary.port} "
+        f"host={settings.node_address(primary)} port={primary.port} "
         f"user={settings.database.replication_user} passfile={passfile}"
     )
     argv = [

@@ -121,7 +121,7 @@ def _restore_logical(
     path = repo.data_path(info)
     argv = [
         str(settings.postgresql.bin_dir / "pg_restore"),
-        f"--host={settings.listen_host}",
+        f"--host={settings.node_address(primary)}",
         f"--port={primary.port}",
         f"--username={settings.database.superuser}",
         f"--dbname={staging}",

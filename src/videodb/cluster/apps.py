@@ -98,7 +98,7 @@ def app_states(settings: Settings, layout: StateLayout) -> list[AppState]:
         state = program.state if program else "STOPPED"
         pid = program.pid if program else None
         if state == "RUNNING":
-            ready, detail = readiness(settings.listen_host, port)
+            ready, detail = readiness(settings.address, port)
         else:
             ready, detail = False, "not started: 'platform.sh start apps'"
         states.append(AppState(name, port, state, pid, ready, detail))
@@ -148,7 +148,7 @@ def start_apps(
     write_app_files(settings, layout, service_user())
     supervisor = Supervisor(layout)
     _ensure_programs(settings, layout, supervisor)
-    host = settings.listen_host
+    host = settings.address
     to_start = [n for n in render.APP_PROGRAMS if not supervisor.program(n).running]
     busy = []
     for name in to_start:

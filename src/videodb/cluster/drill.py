@@ -96,7 +96,7 @@ class _Recorder:
 def _app_params(settings: Settings, port: int) -> dict[str, Any]:
     db = settings.database
     return {
-        "host": settings.listen_host,
+        "host": settings.address,
         "port": port,
         "user": db.app_user,
         "password": db.app_password.get_secret_value(),

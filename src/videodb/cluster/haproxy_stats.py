@@ -37,7 +37,7 @@ class ServerStatus:
 
 
 def stats_url(settings: Settings) -> str:
-    return f"http://{settings.listen_host}:{settings.haproxy.stats_port}/stats"
+    return f"http://{settings.address}:{settings.haproxy.stats_port}/stats"
 
 
 def _int(value: str) -> int | None:

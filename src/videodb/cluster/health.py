@@ -13,13 +13,22 @@ from videodb.config import Settings
 from videodb.errors import NotRunningError
 
 
-def etcd_healthy(settings: Settings, timeout: float = 1.0) -> bool:
-    url = f"http://{settings.listen_host}:{settings.etcd.client_port}/health"
+def etcd_member_healthy(url: str, timeout: float = 1.0) -> bool:
+    """One member's /health: true only while the cluster has a quorum and a leader."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
+        with urllib.request.urlopen(f"{url}/health", timeout=timeout) as resp:
             return bool(json.loads(resp.read()).get("health") == "true")
     except (OSError, ValueError):
         return False
+
+
+def etcd_healthy(settings: Settings, timeout: float = 1.0) -> bool:
+    """etcd has a quorum, as seen from this host: this host's member if it runs one, else any."""
+    this = settings.this_host()
+    urls = settings.etcd_client_urls()
+    if this.etcd:
+        urls = [f"http://{this.address}:{settings.etcd.client_port}"]
+    return any(etcd_member_healthy(url, timeout) for url in urls)
 
 
 @dataclass
@@ -53,11 +62,18 @@ def sync_standby_chosen(settings: Settings) -> bool:
 
 
 def check_health(
-    settings: Settings, *, check_haproxy: bool = True, require_sync: bool = True
+    settings: Settings,
+    *,
+    check_haproxy: bool = True,
+    require_sync: bool = True,
+    only_nodes: frozenset[str] | None = None,
 ) -> HealthReport:
     """Healthy: etcd up, one running primary, every replica streaming, HAProxy routing right,
     and, in a synchronous mode, a synchronous standby named (without one Patroni will not fail
-    over, so as not to lose acknowledged writes)."""
+    over, so as not to lose acknowledged writes).
+
+    `only_nodes` limits the replica checks to those nodes (a host starting its own part).
+    """
     api = PatroniAPI(settings)
     etcd = etcd_healthy(settings)
     members = api.members()
@@ -69,7 +85,9 @@ def check_health(
         names = [m.name for m in primaries]
         problems.append(f"expected exactly one running primary, found {len(primaries)} {names}")
     for member in members:
-        if member.role is Role.PRIMARY:
+        if member.role is Role.PRIMARY or (
+            only_nodes is not None and member.name not in only_nodes
+        ):
             continue
         if not member.reachable:
             problems.append(f"{member.name}: Patroni not reachable")

@@ -14,6 +14,7 @@ from videodb.cluster.health import (
     HealthReport,
     check_health,
     etcd_healthy,
+    etcd_member_healthy,
     sync_standby_chosen,
 )
 from videodb.cluster.patroni_api import PatroniAPI
@@ -103,7 +104,7 @@ def start(
     progress(f"writing configuration under {layout.root}")
     secrets = prepare_state(settings, layout, user, tools, held_back)
     validate_haproxy(tools, layout)
-    progress(f"starting supervisord (etcd, Patroni x{len(settings.nodes)}, HAProxy)")
+    progress(f"starting supervisord ({', '.join(_parts(settings))})")
     supervisor = start_supervisord(layout)
     deadline = began + timeout
     try:
@@ -118,6 +119,31 @@ def start(
     report = check_health(settings, check_haproxy=False)
     log.info("started %s: primary %s", layout.root, report.primary)
     return StartResult(False, layout.root, time.monotonic() - began, report.primary, warnings)
+
+
+def _parts(settings: Settings) -> list[str]:
+    """What this host runs, for the progress line."""
+    this = settings.this_host()
+    parts = ["etcd"] if this.etcd else []
+    local = settings.local_nodes()
+    if local:
+        parts.append(f"Patroni x{len(local)}")
+    parts += ["HAProxy"] if this.haproxy else []
+    if settings.multi_host:
+        parts.append(f"host {this.name} at {this.address}")
+    return parts
+
+
+def _every(seconds: float, say: Callable[[], None]) -> Callable[[float], None]:
+    """An on_wait callback that says something every `seconds` of waiting."""
+    next_at = [seconds]
+
+    def on_wait(elapsed: float) -> None:
+        if elapsed >= next_at[0]:
+            next_at[0] += seconds
+            say()
+
+    return on_wait
 
 
 def _remaining(deadline: float) -> float:
@@ -136,12 +162,25 @@ def _wait_cluster(
     fresh: bool,
 ) -> None:
     logs = layout.logs
-    progress("waiting for etcd")
+    etcd_hosts = [h.name for h in settings.etcd_hosts()]
+    if len(etcd_hosts) > 1:
+        progress(
+            f"waiting for etcd to have a quorum ({len(etcd_hosts) // 2 + 1} of {len(etcd_hosts)} "
+            f"members: {', '.join(etcd_hosts)}); start the other hosts too"
+        )
+    else:
+        progress("waiting for etcd")
+
+    def etcd_waiting() -> None:
+        up = [u for u in settings.etcd_client_urls() if etcd_member_healthy(u, 0.5)]
+        progress(f"still waiting for an etcd quorum: {len(up)} of {len(etcd_hosts)} answer")
+
     wait_for(
         lambda: etcd_healthy(settings),
         timeout=_remaining(deadline),
-        what="etcd healthy",
-        hint=f"see {logs / 'etcd.log'}",
+        what="etcd healthy (a quorum of its members)",
+        hint=f"see {logs / 'etcd.log'}" if settings.this_host().etcd else "start the etcd hosts",
+        on_wait=_every(10.0, etcd_waiting),
     )
     api = PatroniAPI(settings, secrets.api_password)
     if not fresh:
@@ -171,8 +210,17 @@ def _wait_cluster(
     progress("waiting for the replicas to stream and HAProxy to route")
     last: list[HealthReport] = []
 
+    local = frozenset(n.name for n in settings.local_nodes())
+
     def healthy() -> bool:
-        report = check_health(settings, require_sync=False)
+        # As far as this host can tell: one primary, this host's nodes streaming (or leading),
+        # and this host's HAProxy routing by the roles; other hosts may still be starting.
+        report = check_health(
+            settings,
+            require_sync=False,
+            only_nodes=local if settings.multi_host else None,
+            check_haproxy=settings.this_host().haproxy,
+        )
         last[:] = [report]
         return report.healthy
 
@@ -202,7 +250,7 @@ def stop(settings: Settings, layout: StateLayout, timeout: float = 120.0) -> Sto
         result.stopped_pids.append(pid)
     # Patroni stops PostgreSQL when it exits; a postmaster left behind (Patroni killed -9) is
     # found through its data directory and stopped the way PostgreSQL wants.
-    for node in settings.nodes:
+    for node in settings.local_nodes():
         data_dir = layout.node_data(node.name)
         pm_pid = postmaster_pid(data_dir)
         if pm_pid is None:

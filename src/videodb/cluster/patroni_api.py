@@ -6,6 +6,7 @@ import base64
 import json
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -57,7 +58,7 @@ class PatroniAPI:
         )
 
     def _url(self, node: NodeSpec, path: str) -> str:
-        return f"http://{self.settings.listen_host}:{node.api_port}{path}"
+        return f"http://{self.settings.node_address(node)}:{node.api_port}{path}"
 
     def get(self, node: NodeSpec, path: str, timeout: float = 2.0) -> tuple[int, Any]:
         """GET a JSON document; Patroni answers health endpoints with 503 and a body."""
@@ -140,7 +141,10 @@ class PatroniAPI:
         )
 
     def members(self) -> list[MemberStatus]:
-        return [self.member(node) for node in self.settings.nodes]
+        """Every node's own report, asked in parallel (a host cut off costs one timeout)."""
+        nodes = self.settings.nodes
+        with ThreadPoolExecutor(max_workers=len(nodes)) as pool:
+            return list(pool.map(self.member, nodes))
 
     def leader(self) -> NodeSpec | None:
         """The node whose Patroni says it is the running primary, if exactly one does."""

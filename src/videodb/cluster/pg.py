@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import psycopg
-from psycopg import sql
+from psycopg import errors, sql
 
 from videodb.config import NodeSpec, Settings
 from videodb.errors import ClusterError
@@ -52,7 +52,7 @@ def connect_superuser(
     """
     try:
         return psycopg.connect(
-            host=settings.listen_host,
+            host=settings.node_address(node),
             port=node.port,
             user=settings.database.superuser,
             password=secrets.superuser_password,
@@ -64,7 +64,7 @@ def connect_superuser(
     except psycopg.OperationalError as exc:
         first = (str(exc).strip().splitlines() or ["no message"])[-1].strip()
         raise ClusterError(
-            f"cannot connect to {node.name} ({settings.listen_host}:{node.port}, database "
+            f"cannot connect to {node.name} ({settings.node_address(node)}:{node.port}, database "
             f"{dbname}) as {settings.database.superuser}: {first}; see 'platform.sh status' and "
             f"'platform.sh logs {node.name}'"
         ) from exc
@@ -78,6 +78,19 @@ def ensure_application_database(
     The password is sent as a SCRAM verifier computed here, so its clear text never reaches the
     server's logs. Only the application role may connect to the database.
     """
+    for attempt in range(3):
+        try:
+            _ensure_application_database(settings, secrets, primary)
+            return
+        except (errors.DuplicateObject, errors.DuplicateDatabase, errors.UniqueViolation):
+            # Another host's 'start' created the same role or database at the same moment.
+            if attempt == 2:
+                raise
+
+
+def _ensure_application_database(
+    settings: Settings, secrets: ClusterSecrets, primary: NodeSpec
+) -> None:
     db = settings.database
     with connect_superuser(settings, secrets, primary) as conn:
         verifier = conn.pgconn.encrypt_password(

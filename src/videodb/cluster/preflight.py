@@ -73,7 +73,7 @@ def find_toolchain(settings: Settings) -> tuple[Toolchain | None, list[str]]:
 def port_problems(settings: Settings) -> list[str]:
     problems = []
     for what, port in settings.all_ports().items():
-        if not port_is_free(settings.listen_host, port):
+        if not port_is_free(settings.address, port):
             holder = port_holder(port)
             key = _port_key(settings, what)
             problems.append(

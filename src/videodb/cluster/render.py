@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from videodb.config import NodeSpec, Settings
+from videodb.config import HostSpec, NodeSpec, Settings
 from videodb.layout import ServiceUser, StateLayout
 from videodb.secrets import ClusterSecrets
 from videodb.wal_archive import archive_parameters
@@ -48,19 +49,37 @@ class Toolchain:
     python: Path  # the environment's interpreter, which runs the applications
 
 
-def pg_hba(settings: Settings) -> list[str]:
-    """Password (scram-sha-256) everywhere; replication for the replication role only.
+def _cidr(address: str) -> str:
+    return f"{address}/{ipaddress.ip_address(address).max_prefixlen}"
 
-    The replication role is refused every ordinary database, so it cannot read application data.
+
+def pg_hba(settings: Settings) -> list[str]:
+    """Password (scram-sha-256) from the cluster's own hosts only; everything else rejected.
+
+    Replication is open to the replication role only, and that role is refused every ordinary
+    database, so it cannot read application data. Patroni writes this at every start and reload.
     """
     db = settings.database
+    sources = ["127.0.0.1/32"]
+    sources += [
+        c for c in (_cidr(h.address) for h in settings.topology_hosts()) if c not in sources
+    ]
     return [
         f"local all {db.replication_user} reject",
         "local all all scram-sha-256",
-        f"host replication {db.replication_user} 127.0.0.1/32 scram-sha-256",
+        *(f"host replication {db.replication_user} {s} scram-sha-256" for s in sources),
         f"host all {db.replication_user} 0.0.0.0/0 reject",
-        "host all all 127.0.0.1/32 scram-sha-256",
+        *(f"host all all {s} scram-sha-256" for s in sources),
+        "host all all 0.0.0.0/0 reject",
+        "host all all ::/0 reject",
     ]
+
+
+def _listen(address: str, port: int) -> str:
+    """The host's address, and loopback too (for local tools) when that address is not."""
+    if ipaddress.ip_address(address).is_loopback:
+        return f"{address}:{port}"
+    return f"{address},127.0.0.1:{port}"
 
 
 def patroni_config(
@@ -70,7 +89,7 @@ def patroni_config(
     secrets: ClusterSecrets,
     tools: Toolchain,
 ) -> dict[str, Any]:
-    host = settings.listen_host
+    host = settings.node_address(node)
     p = settings.patroni
     db = settings.database
     # Local parameters take precedence over Patroni's dynamic (DCS) configuration and are
@@ -101,7 +120,9 @@ def patroni_config(
             "connect_address": f"{host}:{node.api_port}",
             "authentication": {"username": "patroni", "password": secrets.api_password},
         },
-        "etcd3": {"hosts": [f"{host}:{settings.etcd.client_port}"]},
+        "etcd3": {
+            "hosts": [f"{h.address}:{settings.etcd.client_port}" for h in settings.etcd_hosts()]
+        },
         "bootstrap": {
             "dcs": {
                 **dynamic_config(settings, include_pause=False),
@@ -114,7 +135,7 @@ def patroni_config(
             "initdb": [{"encoding": "UTF8"}, {"locale": "C.UTF-8"}, "data-checksums"],
         },
         "postgresql": {
-            "listen": f"{host}:{node.port}",
+            "listen": _listen(host, node.port),
             "connect_address": f"{host}:{node.port}",
             "data_dir": str(layout.node_data(node.name)),
             "bin_dir": str(tools.pg_bin),
@@ -180,7 +201,7 @@ def haproxy_config(settings: Settings, layout: StateLayout) -> str:
     and treating that as a dead master (`on-error mark-down`) cut every session to a healthy one.
     """
     h = settings.haproxy
-    host = settings.listen_host
+    host = settings.address
     server_opts = (
         f"check inter {h.check_interval_ms}ms fastinter {h.fast_interval_ms}ms "
         f"downinter {h.fast_interval_ms}ms rise {h.rise} fall {h.fall} "
@@ -197,7 +218,8 @@ def haproxy_config(settings: Settings, layout: StateLayout) -> str:
             f"    default-server {server_opts}",
         ]
         lines += [
-            f"    server {n.name} {host}:{n.port} check port {n.api_port}" for n in settings.nodes
+            f"    server {n.name} {settings.node_address(n)}:{n.port} check port {n.api_port}"
+            for n in settings.nodes
         ]
         return [*lines, ""]
 
@@ -234,14 +256,14 @@ def haproxy_config(settings: Settings, layout: StateLayout) -> str:
         "    stats refresh 5s",
         "    stats show-legends",
         "",
-        *web_frontend(settings),
+        *(web_frontend(settings) if settings.this_host().apps else []),
     ]
     return "\n".join(lines)
 
 
 def web_frontend(settings: Settings) -> list[str]:
     """The page and the three APIs on one address, routed by path (and method for uploads)."""
-    host = settings.listen_host
+    host = settings.address
     a = settings.apps
     h = settings.haproxy
     down = (
@@ -279,21 +301,37 @@ def web_frontend(settings: Settings) -> list[str]:
     return lines
 
 
+def etcd_member_name(settings: Settings, host: HostSpec) -> str:
+    """`<scope>-etcd` for a lone member (as it always was), `<scope>-etcd-<host>` in a quorum."""
+    scope = settings.patroni.scope
+    return f"{scope}-etcd" if len(settings.etcd_hosts()) == 1 else f"{scope}-etcd-{host.name}"
+
+
+def etcd_peer_url(settings: Settings, host: HostSpec) -> str:
+    return f"http://{host.address}:{settings.etcd.peer_port}"
+
+
 def etcd_command(settings: Settings, layout: StateLayout, tools: Toolchain) -> list[str]:
-    host = settings.listen_host
+    this = settings.this_host()
     e = settings.etcd
-    peer = f"http://{host}:{e.peer_port}"
-    client = f"http://{host}:{e.client_port}"
-    name = f"{settings.patroni.scope}-etcd"
+    peer = etcd_peer_url(settings, this)
+    client = f"http://{this.address}:{e.client_port}"
+    listen_client = client
+    if not ipaddress.ip_address(this.address).is_loopback:
+        listen_client += f",http://127.0.0.1:{e.client_port}"
+    members = ",".join(
+        f"{etcd_member_name(settings, h)}={etcd_peer_url(settings, h)}"
+        for h in settings.etcd_hosts()
+    )
     return [
         str(tools.etcd),
-        f"--name={name}",
+        f"--name={etcd_member_name(settings, this)}",
         f"--data-dir={layout.etcd_data()}",
-        f"--listen-client-urls={client}",
+        f"--listen-client-urls={listen_client}",
         f"--advertise-client-urls={client}",
         f"--listen-peer-urls={peer}",
         f"--initial-advertise-peer-urls={peer}",
-        f"--initial-cluster={name}={peer}",
+        f"--initial-cluster={members}",
         "--initial-cluster-state=new",
         f"--initial-cluster-token={settings.patroni.scope}-{e.client_port}",
         "--enable-v2=false",
@@ -359,16 +397,27 @@ def supervisor_config(
         "[supervisorctl]\n"
         f"serverurl=unix://{layout.supervisor_socket()}\n\n"
     )
-    text += program(ETCD_PROGRAM, etcd_command(settings, layout, tools), 20, 10)
-    for node in settings.nodes:
+    this = settings.this_host()
+    if this.etcd:
+        text += program(ETCD_PROGRAM, etcd_command(settings, layout, tools), 20, 10)
+    for node in settings.local_nodes():
         argv = [str(tools.patroni), str(layout.patroni_config(node.name))]
         text += program(node.name, argv, 90, 20)
-    # Master-worker mode: SIGUSR2 reloads a changed config; old workers finish their sessions.
-    haproxy_argv = [str(tools.haproxy), "-W", "-db", "-f", str(layout.haproxy_config())]
-    text += program(HAPROXY_PROGRAM, haproxy_argv, 10, 30)
-    # The applications start after the cluster is healthy and the schema migrated ('start apps').
-    config = layout.apps_config()
-    for name in APP_PROGRAMS:
-        argv = [str(tools.python), "-m", "videodb.services.serve", name, "--config", str(config)]
-        text += program(name, argv, 15, 40, autostart=False)
+    if this.haproxy:
+        # Master-worker mode: SIGUSR2 reloads a changed config; old workers finish their sessions.
+        haproxy_argv = [str(tools.haproxy), "-W", "-db", "-f", str(layout.haproxy_config())]
+        text += program(HAPROXY_PROGRAM, haproxy_argv, 10, 30)
+    if this.apps:
+        # The applications start after the cluster is healthy and the schema migrated.
+        config = layout.apps_config()
+        for name in APP_PROGRAMS:
+            argv = [
+                str(tools.python),
+                "-m",
+                "videodb.services.serve",
+                name,
+                "--config",
+                str(config),
+            ]
+            text += program(name, argv, 15, 40, autostart=False)
     return text

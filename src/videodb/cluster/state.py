@@ -12,7 +12,14 @@ from videodb.config import Settings
 from videodb.errors import ClusterError
 from videodb.layout import ServiceUser, StateLayout
 from videodb.runner import run_tool
-from videodb.secrets import ClusterSecrets, ensure_secrets, write_pgpass, write_private
+from videodb.secrets import (
+    ClusterSecrets,
+    ensure_secrets,
+    install_bundle,
+    read_bundle,
+    write_pgpass,
+    write_private,
+)
 from videodb.wal_archive import archive_script
 
 
@@ -30,8 +37,10 @@ def _write_service_file(path: Path, text: str, user: ServiceUser) -> None:
 
 
 def is_fresh(settings: Settings, layout: StateLayout) -> bool:
-    """No node has a data directory yet: the next start bootstraps a new cluster."""
-    return not any((layout.node_data(n.name) / "PG_VERSION").exists() for n in settings.nodes)
+    """No node of this host has a data directory yet: a new cluster, or a new host in one."""
+    return not any(
+        (layout.node_data(n.name) / "PG_VERSION").exists() for n in settings.local_nodes()
+    )
 
 
 def nodes_to_hold_back(settings: Settings, layout: StateLayout) -> frozenset[str]:
@@ -41,11 +50,15 @@ def nodes_to_hold_back(settings: Settings, layout: StateLayout) -> frozenset[str
     cluster the nodes with data start together, so that Patroni elects the most advanced one and
     no acknowledged write is rewound away; a node without data (after a restore, or added) waits,
     or with an empty DCS it could bootstrap a cluster of its own.
+
+    Only this host's nodes are considered: across hosts, Patroni's initialize key in etcd decides
+    which host's node bootstraps, and the others clone from it.
     """
+    local = settings.local_nodes()
     if is_fresh(settings, layout):
-        return frozenset(n.name for n in settings.nodes[1:])
+        return frozenset(n.name for n in local[1:])
     return frozenset(
-        n.name for n in settings.nodes if not (layout.node_data(n.name) / "PG_VERSION").exists()
+        n.name for n in local if not (layout.node_data(n.name) / "PG_VERSION").exists()
     )
 
 
@@ -76,16 +89,18 @@ def prepare_state(
     os.chmod(script, 0o755)
     _own(layout.data, user, 0o700)
     _own(layout.service_run, user, 0o700)
-    for node in settings.nodes:
+    for node in settings.local_nodes():
         _own(layout.postgres_log_dir(node.name), user, 0o750)
+    if settings.secrets_bundle is not None:
+        install_bundle(layout, read_bundle(settings.secrets_bundle))
     secrets = ensure_secrets(layout)
-    write_pgpass(
-        layout, settings.listen_host, settings.database.superuser, secrets.superuser_password
-    )
-    for node in settings.nodes:
+    write_pgpass(layout, "*", settings.database.superuser, secrets.superuser_password)
+    for node in settings.local_nodes():
         config = render.patroni_config(settings, layout, node, secrets, tools)
         _write_service_file(layout.patroni_config(node.name), render.render_patroni(config), user)
-    _write_service_file(layout.haproxy_config(), render.haproxy_config(settings, layout), user)
+    if settings.this_host().haproxy:
+        haproxy = render.haproxy_config(settings, layout)
+        _write_service_file(layout.haproxy_config(), haproxy, user)
     layout.supervisor_config().write_text(
         render.supervisor_config(settings, layout, tools, user, held_back), encoding="utf-8"
     )
@@ -93,6 +108,8 @@ def prepare_state(
 
 
 def validate_haproxy(tools: render.Toolchain, layout: StateLayout) -> None:
+    if not layout.haproxy_config().exists():
+        return  # this host runs no HAProxy
     result = run_tool(
         [str(tools.haproxy), "-c", "-q", "-f", str(layout.haproxy_config())],
         what="haproxy -c",

@@ -19,7 +19,7 @@ def psql_command(
     primary = PatroniAPI(settings).require_leader("to connect to")
     argv = [
         str(settings.postgresql.bin_dir / "psql"),
-        f"--host={settings.listen_host}",
+        f"--host={settings.node_address(primary)}",
         f"--port={primary.port}",
         f"--username={settings.database.superuser}",
         f"--dbname={settings.database.name}",

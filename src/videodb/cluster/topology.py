@@ -151,7 +151,7 @@ def add_replica(
             f"node name {name!r} is not allowed: lower-case letters, digits and '-', starting "
             "with a letter, at most 63 characters (e.g. postgres-video-replica-3)"
         )
-    host = settings.listen_host
+    host = settings.address
     used = set(settings.all_ports().values())
     port = port or _next_port(used, max(n.port for n in settings.nodes) + 1, host)
     used.add(port)

@@ -44,9 +44,10 @@ class DataSourceSettings(BaseModel):
         """Datasources pointing at a platform config's ports (the first node is the master)."""
         master = settings.nodes[0].port
         db = settings.database
+        dev = profile == "development"
         values: dict[str, object] = {
             "profile": profile,
-            "host": settings.listen_host,
+            "host": settings.node_address(settings.nodes[0]) if dev else settings.address,
             "writer_port": master if profile == "development" else settings.haproxy.write_port,
             "reader_port": master if profile == "development" else settings.haproxy.read_port,
             "dbname": db.name,

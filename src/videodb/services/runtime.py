@@ -36,7 +36,7 @@ class AppConfig(BaseModel):
     def for_platform(cls, settings: Settings, layout: StateLayout) -> AppConfig:
         a = settings.apps
         return cls(
-            host=settings.listen_host,
+            host=settings.address,
             ports=a.service_ports(),
             web_port=a.web_port,
             datasource=DataSourceSettings.for_platform(settings),
