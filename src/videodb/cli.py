@@ -544,21 +544,47 @@ def haproxy_stats(
     url: Annotated[bool, typer.Option("--url", help="Only print the stats page address.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Each HAProxy backend server: UP/DOWN, sessions, response time."""
+    """Each HAProxy backend server: UP/DOWN, sessions, response time (every HAProxy of a
+    cluster across hosts, each with its host)."""
     c = _ctx(ctx)
     settings = c.settings()
+    proxies = [h for h in settings.topology_hosts() if h.haproxy]
     if url:
-        out.print(stats_url(settings), highlight=False)
+        for host in proxies:
+            out.print(stats_url(settings, host.address), highlight=False)
         return
     c.require_running()
-    servers = fetch_server_status(settings)
+    found: list[tuple[str, str, list[Any] | None, str]] = []
+    for host in proxies:
+        address = stats_url(settings, host.address)
+        try:
+            found.append(
+                (host.name, address, fetch_server_status(settings, address=host.address), "")
+            )
+        except NotRunningError as exc:
+            if not settings.multi_host:
+                raise
+            found.append((host.name, address, None, str(exc)))
     if as_json:
-        _print_json({"url": stats_url(settings), "servers": [s.as_dict() for s in servers]})
-    else:
-        out.print(render_text.haproxy_table(servers))
-        out.print(
-            f"stats page: {stats_url(settings)}   metrics: {stats_url(settings)[:-6]}/metrics"
-        )
+        servers = [
+            {**s.as_dict(), "host": name} for name, _, listed, _ in found for s in listed or []
+        ]
+        hosts = [
+            {"host": name, "url": address, "reachable": listed is not None, "error": error or None}
+            for name, address, listed, error in found
+        ]
+        _print_json({"url": found[0][1] if found else None, "servers": servers, "hosts": hosts})
+        return
+    for name, address, listed, error in found:
+        if settings.multi_host:
+            out.print(f"host {name}:", highlight=False)
+        if listed is None:
+            err.print(f"[red]not reachable:[/] {error}", highlight=False)
+            continue
+        out.print(render_text.haproxy_table(listed))
+        out.print(f"stats page: {address}   metrics: {address[:-6]}/metrics", highlight=False)
+    if any(listed is None for _, _, listed, _ in found):
+        raise typer.Exit(1)
 
 
 @app.command(

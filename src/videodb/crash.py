@@ -47,8 +47,8 @@ def one_line(exc: BaseException) -> str:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         state = f" (SQLSTATE {exc.sqlstate})" if exc.sqlstate else ""
         return (
-            f"PostgreSQL: {first}{state}; see 'platform.sh status' and "
-            "'platform.sh logs postgres-video-master'"
+            f"PostgreSQL: {first}{state}; see 'platform.sh status' and the node's log "
+            "('platform.sh logs NODE')"
         )
     if isinstance(exc, OSError) and exc.strerror:
         where = f": {exc.filename}" if exc.filename else ""

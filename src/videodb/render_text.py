@@ -43,15 +43,19 @@ def status_table(report: PlatformStatus) -> Table:
     title = f"state {report.state_dir}; supervisord " + (
         f"pid {report.supervisor_pid}" if report.running else "NOT RUNNING"
     )
+    if report.hosts > 1:
+        title = f"host {report.host}; {title}"
     table = Table(title=title, title_justify="left")
-    for column in ("service", "role", "state", "pid", "ports", "health", "detail"):
+    hosts = ("host",) if report.hosts > 1 else ()
+    for column in (*hosts, "service", "role", "state", "pid", "ports", "health", "detail"):
         table.add_column(column)
     for s in report.services:
         pid = str(s.pid or "-")
         if s.postgres_pid:
             pid += f" (postgres {s.postgres_pid})"
         ports = ", ".join(f"{k} {v}" for k, v in s.ports.items())
-        table.add_row(s.name, s.role, s.state, pid, ports, _mark(s.healthy), s.detail)
+        where = (s.host,) if report.hosts > 1 else ()
+        table.add_row(*where, s.name, s.role, s.state, pid, ports, _mark(s.healthy), s.detail)
     return table
 
 

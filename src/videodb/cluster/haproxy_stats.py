@@ -36,8 +36,9 @@ class ServerStatus:
         return {**asdict(self), "up": self.up}
 
 
-def stats_url(settings: Settings) -> str:
-    return f"http://{settings.address}:{settings.haproxy.stats_port}/stats"
+def stats_url(settings: Settings, address: str | None = None) -> str:
+    """This host's HAProxy stats page (or the one on `address`)."""
+    return f"http://{address or settings.address}:{settings.haproxy.stats_port}/stats"
 
 
 def _int(value: str) -> int | None:
@@ -68,8 +69,10 @@ def parse_stats_csv(text: str) -> list[ServerStatus]:
     return servers
 
 
-def fetch_server_status(settings: Settings, timeout: float = 2.0) -> list[ServerStatus]:
-    url = stats_url(settings) + ";csv"
+def fetch_server_status(
+    settings: Settings, timeout: float = 2.0, address: str | None = None
+) -> list[ServerStatus]:
+    url = stats_url(settings, address) + ";csv"
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:
             text = resp.read().decode()

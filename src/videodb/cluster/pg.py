@@ -93,6 +93,9 @@ def _ensure_application_database(
 ) -> None:
     db = settings.database
     with connect_superuser(settings, secrets, primary) as conn:
+        # Every host's 'start' runs this; one at a time (concurrent GRANTs fail with "tuple
+        # concurrently updated"). The lock goes with this session.
+        conn.execute("SELECT pg_advisory_lock(hashtext('videodb-application-database'))")
         verifier = conn.pgconn.encrypt_password(
             db.app_password.get_secret_value().encode(), db.app_user.encode(), b"scram-sha-256"
         ).decode()
@@ -121,12 +124,14 @@ def _ensure_application_database(
                 sql.Identifier(db.name), sql.Identifier(db.app_user)
             )
         )
-    with connect_superuser(settings, secrets, primary, dbname=db.name) as conn:
-        conn.execute(sql.SQL("ALTER SCHEMA public OWNER TO {}").format(sql.Identifier(db.app_user)))
-        conn.execute(POSITION_FUNCTION)
-        conn.execute("REVOKE ALL ON FUNCTION public.videodb_position() FROM PUBLIC")
-        conn.execute(
-            sql.SQL("GRANT EXECUTE ON FUNCTION public.videodb_position() TO {}").format(
-                sql.Identifier(db.app_user)
+        with connect_superuser(settings, secrets, primary, dbname=db.name) as db_conn:
+            db_conn.execute(
+                sql.SQL("ALTER SCHEMA public OWNER TO {}").format(sql.Identifier(db.app_user))
             )
-        )
+            db_conn.execute(POSITION_FUNCTION)
+            db_conn.execute("REVOKE ALL ON FUNCTION public.videodb_position() FROM PUBLIC")
+            db_conn.execute(
+                sql.SQL("GRANT EXECUTE ON FUNCTION public.videodb_position() TO {}").format(
+                    sql.Identifier(db.app_user)
+                )
+            )

@@ -1,32 +1,43 @@
-"""`status`: every process of the platform with its role, pid, port and health."""
+"""`status`: every process of the platform with its host, role, pid, port and health.
+
+On one host, only processes this state directory's supervisord runs are asked anything: a port
+that another cluster (or anything else) holds while ours is stopped is never probed. Across hosts,
+this host's processes are read from its supervisord and the other hosts' over the network (etcd's
+/health, Patroni's REST API, HAProxy's stats page, the applications' /readyz), so any host shows
+the whole cluster.
+"""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from videodb.cluster.apps import app_states
+from videodb.cluster.apps import app_states, readiness
 from videodb.cluster.haproxy_stats import ServerStatus, fetch_server_status
-from videodb.cluster.health import etcd_healthy
-from videodb.cluster.patroni_api import PatroniAPI, Role
+from videodb.cluster.health import etcd_member_healthy
+from videodb.cluster.patroni_api import MemberStatus, PatroniAPI, Role
 from videodb.cluster.postmaster import postmaster_pid
 from videodb.cluster.render import ETCD_PROGRAM, HAPROXY_PROGRAM
 from videodb.cluster.supervisor import ProgramStatus, Supervisor, supervisord_pid
-from videodb.config import Settings
+from videodb.config import HostSpec, NodeSpec, Settings
 from videodb.errors import NotRunningError
 from videodb.layout import StateLayout
+
+REMOTE = "REMOTE"  # the state of a process on another host (its supervisord is not ours to ask)
 
 
 @dataclass
 class ServiceStatus:
     name: str
-    role: str  # primary, replica, dcs, proxy
-    state: str  # supervisord's state, or 'stopped'
+    role: str  # primary, replica, dcs, proxy, app, down
+    state: str  # supervisord's state on this host; REMOTE on another host
     healthy: bool
     pid: int | None
     ports: dict[str, int]
     postgres_pid: int | None = None
     detail: str = ""
+    host: str = ""
 
 
 @dataclass
@@ -35,6 +46,8 @@ class PlatformStatus:
     state_dir: str
     supervisor_pid: int | None
     services: list[ServiceStatus] = field(default_factory=list)
+    host: str = ""
+    hosts: int = 1
 
     @property
     def healthy(self) -> bool:
@@ -50,11 +63,7 @@ def never_started(layout: StateLayout) -> bool:
 
 
 def platform_status(settings: Settings, layout: StateLayout) -> PlatformStatus:
-    """What this state directory started, and how it is doing.
-
-    Only processes this state directory's supervisord runs are asked anything: a port that
-    another cluster (or anything else) holds while ours is stopped is never probed.
-    """
+    """What this host's state directory started, and the other hosts' processes if any."""
     sup_pid = supervisord_pid(layout)
     programs: dict[str, ProgramStatus] = {}
     if sup_pid is not None:
@@ -62,108 +71,185 @@ def platform_status(settings: Settings, layout: StateLayout) -> PlatformStatus:
             programs = {p.name: p for p in Supervisor(layout).programs()}
         except NotRunningError:
             programs = {}
-    status = PlatformStatus(sup_pid is not None, str(layout.root), sup_pid)
-
-    def prog(name: str) -> tuple[str, int | None]:
-        p = programs.get(name)
-        return (p.state, p.pid) if p else ("STOPPED", None)
-
-    state, pid = prog(ETCD_PROGRAM)
-    etcd_ok = etcd_healthy(settings) if state == "RUNNING" else False
-    running = {name for name, p in programs.items() if p.state == "RUNNING"}
-    status.services.append(
-        ServiceStatus(
-            ETCD_PROGRAM,
-            "dcs",
-            state,
-            etcd_ok,
-            pid,
-            {"client": settings.etcd.client_port, "peer": settings.etcd.peer_port},
-            detail="" if etcd_ok else ("etcd not healthy" if state == "RUNNING" else "not running"),
-        )
+    this = settings.this_host()
+    hosts = settings.topology_hosts()
+    status = PlatformStatus(
+        sup_pid is not None, str(layout.root), sup_pid, [], this.name, len(hosts)
     )
-    api = PatroniAPI(settings)
-    for node in settings.nodes:
-        state, pid = prog(node.name)
-        pm_pid = postmaster_pid(layout.node_data(node.name))
-        if node.name not in running:
+    # Patroni is asked only about nodes that run here (under our supervisord) or elsewhere.
+    asked = [
+        n
+        for n in settings.nodes
+        if settings.node_host(n).name != this.name
+        or (programs.get(n.name) and programs[n.name].state == "RUNNING")
+    ]
+    with ThreadPoolExecutor(max_workers=max(1, len(asked))) as pool:
+        members = dict(
+            zip([n.name for n in asked], pool.map(PatroniAPI(settings).member, asked), strict=True)
+        )
+    for host in hosts:
+        local = host.name == this.name
+        if host.etcd:
+            status.services.append(_etcd(settings, host, programs if local else None))
+        for node in settings.nodes_on(host):
             status.services.append(
-                ServiceStatus(
-                    node.name,
-                    "down",
-                    state,
-                    False,
-                    pid,
-                    {"postgres": node.port, "api": node.api_port},
-                    postgres_pid=pm_pid,
-                    detail="Patroni not running"
-                    + (f"; its postgres is still up (pid {pm_pid})" if pm_pid else ""),
+                _node(
+                    settings,
+                    layout,
+                    host,
+                    node,
+                    members.get(node.name),
+                    programs if local else None,
                 )
             )
-            continue
-        member = api.member(node)
-        healthy = member.healthy
-        if not member.reachable:
-            detail = "Patroni not reachable"
-        elif member.state != "running":
-            detail = f"postgres {member.state}"
-        elif member.role is Role.REPLICA:
-            detail = f"replication {member.replication_state or 'not streaming'}"
-        else:
-            detail = f"timeline {member.timeline}"
-        status.services.append(
-            ServiceStatus(
-                node.name,
-                member.role.value if member.reachable else "down",
-                state,
-                healthy,
-                pid,
-                {"postgres": node.port, "api": node.api_port},
-                postgres_pid=pm_pid,
-                detail=detail,
-            )
-        )
-    state, pid = prog(HAPROXY_PROGRAM)
-    servers: list[ServerStatus] = []
-    haproxy_ok = False
-    if state == "RUNNING":
-        try:
-            servers = fetch_server_status(settings)
-            haproxy_ok = True
-        except NotRunningError:
-            haproxy_ok = False
-    h = settings.haproxy
-    status.services.append(
-        ServiceStatus(
-            HAPROXY_PROGRAM,
-            "proxy",
-            state,
-            haproxy_ok,
-            pid,
-            {
-                "write": h.write_port,
-                "read": h.read_port,
-                "stats": h.stats_port,
-                "web": settings.apps.web_port,
-            },
-            detail=_backend_summary(servers) if haproxy_ok else "stats page not reachable",
-        )
-    )
-    for app in app_states(settings, layout):
-        # Stopped applications count against health only where 'start video' starts them.
-        judged = settings.apps.autostart or app.state != "STOPPED"
-        status.services.append(
-            ServiceStatus(
-                app.name,
-                "app",
-                app.state,
-                app.ready or not judged,
-                app.pid,
-                {"http": app.port},
-                detail=app.detail,
-            )
-        )
+        if host.haproxy:
+            status.services.append(_haproxy(settings, host, programs if local else None))
+        if host.apps:
+            status.services += _apps(settings, layout, host, local)
     return status
+
+
+def _program(programs: dict[str, ProgramStatus] | None, name: str) -> tuple[str, int | None]:
+    if programs is None:
+        return REMOTE, None
+    p = programs.get(name)
+    return (p.state, p.pid) if p else ("STOPPED", None)
+
+
+def _etcd(
+    settings: Settings, host: HostSpec, programs: dict[str, ProgramStatus] | None
+) -> ServiceStatus:
+    state, pid = _program(programs, ETCD_PROGRAM)
+    asked = state in ("RUNNING", REMOTE)
+    url = f"http://{host.address}:{settings.etcd.client_port}"
+    ok = etcd_member_healthy(url) if asked else False
+    if ok:
+        detail = ""
+    elif not asked:
+        detail = "not running"
+    else:
+        detail = "no quorum, or not reachable" if state == REMOTE else "etcd not healthy"
+    return ServiceStatus(
+        ETCD_PROGRAM,
+        "dcs",
+        state,
+        ok,
+        pid,
+        {"client": settings.etcd.client_port, "peer": settings.etcd.peer_port},
+        detail=detail,
+        host=host.name,
+    )
+
+
+def _node(
+    settings: Settings,
+    layout: StateLayout,
+    host: HostSpec,
+    node: NodeSpec,
+    member: MemberStatus | None,
+    programs: dict[str, ProgramStatus] | None,
+) -> ServiceStatus:
+    state, pid = _program(programs, node.name)
+    ports = {"postgres": node.port, "api": node.api_port}
+    pm_pid = postmaster_pid(layout.node_data(node.name)) if programs is not None else None
+    if member is None:
+        return ServiceStatus(
+            node.name,
+            "down",
+            state,
+            False,
+            pid,
+            ports,
+            postgres_pid=pm_pid,
+            detail="Patroni not running"
+            + (f"; its postgres is still up (pid {pm_pid})" if pm_pid else ""),
+            host=host.name,
+        )
+    if not member.reachable:
+        detail = "Patroni not reachable" + (f" on {host.name}" if state == REMOTE else "")
+    elif member.state != "running":
+        detail = f"postgres {member.state}"
+    elif member.role is Role.REPLICA:
+        detail = f"replication {member.replication_state or 'not streaming'}"
+    else:
+        detail = f"timeline {member.timeline}"
+    return ServiceStatus(
+        node.name,
+        member.role.value if member.reachable else "down",
+        state,
+        member.healthy,
+        pid,
+        ports,
+        postgres_pid=pm_pid,
+        detail=detail,
+        host=host.name,
+    )
+
+
+def _haproxy(
+    settings: Settings, host: HostSpec, programs: dict[str, ProgramStatus] | None
+) -> ServiceStatus:
+    state, pid = _program(programs, HAPROXY_PROGRAM)
+    servers: list[ServerStatus] = []
+    ok = False
+    if state in ("RUNNING", REMOTE):
+        try:
+            servers = fetch_server_status(settings, address=host.address)
+            ok = True
+        except NotRunningError:
+            ok = False
+    h = settings.haproxy
+    ports = {"write": h.write_port, "read": h.read_port, "stats": h.stats_port}
+    if host.apps:
+        ports["web"] = settings.apps.web_port
+    return ServiceStatus(
+        HAPROXY_PROGRAM,
+        "proxy",
+        state,
+        ok,
+        pid,
+        ports,
+        detail=_backend_summary(servers) if ok else "stats page not reachable",
+        host=host.name,
+    )
+
+
+def _apps(
+    settings: Settings, layout: StateLayout, host: HostSpec, local: bool
+) -> list[ServiceStatus]:
+    found = []
+    if local:
+        for app in app_states(settings, layout):
+            # Stopped applications count against health only where 'start video' starts them.
+            judged = settings.apps.autostart or app.state != "STOPPED"
+            found.append(
+                ServiceStatus(
+                    app.name,
+                    "app",
+                    app.state,
+                    app.ready or not judged,
+                    app.pid,
+                    {"http": app.port},
+                    detail=app.detail,
+                    host=host.name,
+                )
+            )
+        return found
+    for name, port in settings.apps.service_ports().items():
+        ready, detail = readiness(host.address, port)
+        found.append(
+            ServiceStatus(
+                name,
+                "app",
+                REMOTE,
+                ready,
+                None,
+                {"http": port},
+                detail=detail,
+                host=host.name,
+            )
+        )
+    return found
 
 
 def _backend_summary(servers: list[ServerStatus]) -> str:
