@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, NoReturn, TypeVar, cast
 
 import typer
-from pydantic import SecretStr
 from rich.console import Console
 from rich.markup import escape
 
@@ -47,7 +46,7 @@ from videodb.config_toml import render_config
 from videodb.errors import ConfigError, NotRunningError, VideoDBError
 from videodb.layout import StateLayout, project_home, resolve_layout
 from videodb.platform_lock import platform_lock
-from videodb.secrets import bundle_path, create_bundle, load_secrets, read_bundle
+from videodb.secrets import bundle_path, create_bundle, load_secrets, with_bundle_password
 
 log = logging.getLogger("videodb.cli")
 
@@ -124,13 +123,7 @@ class Context:
             require_file=self.config_file is not None or self.cluster_file is not None,
             flag_names=self.flag_names,
         )
-        s = loaded.settings
-        if s.secrets_bundle is not None and "database.app_password" not in loaded.sources:
-            # The application password of a cluster is the bundle's, unless given explicitly.
-            app_password = SecretStr(read_bundle(s.secrets_bundle).app_password)
-            database = s.database.model_copy(update={"app_password": app_password})
-            loaded.settings = s.model_copy(update={"database": database})
-        return loaded
+        return with_bundle_password(loaded)
 
     def loaded(self) -> LoadedSettings:
         if self._loaded is None:

@@ -95,6 +95,8 @@ class HAProxySpec(_Strict):
     stats_port: Port = 8404
     binary: str = "haproxy"
     maxconn: Annotated[int, Field(ge=10)] = 2000
+    # A replica further behind its primary than this (WAL bytes) leaves the read port.
+    read_max_lag: Annotated[str, Field(pattern=r"^\d+(B|kB|MB|GB)?$")] = "16MB"
     check_interval_ms: Annotated[int, Field(ge=100, le=60_000)] = 1000
     fast_interval_ms: Annotated[int, Field(ge=50, le=60_000)] = 250
     rise: Annotated[int, Field(ge=1, le=10)] = 1

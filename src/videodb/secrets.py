@@ -8,6 +8,9 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic import SecretStr
+
+from videodb.config import LoadedSettings
 from videodb.errors import ConfigError, NotRunningError
 from videodb.layout import StateLayout
 
@@ -102,6 +105,17 @@ def read_bundle(path: Path) -> SecretsBundle:
             f"the cluster's secrets bundle {path} cannot be read ({exc!r}); copy it again from "
             "the host where 'platform.sh cluster init' made it"
         ) from exc
+
+
+def with_bundle_password(loaded: LoadedSettings) -> LoadedSettings:
+    """A cluster's application password is its bundle's, unless given explicitly."""
+    s = loaded.settings
+    if s.secrets_bundle is None or "database.app_password" in loaded.sources:
+        return loaded
+    app_password = SecretStr(read_bundle(s.secrets_bundle).app_password)
+    database = s.database.model_copy(update={"app_password": app_password})
+    loaded.settings = s.model_copy(update={"database": database})
+    return loaded
 
 
 def install_bundle(layout: StateLayout, bundle: SecretsBundle) -> None:

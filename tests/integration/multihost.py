@@ -8,13 +8,16 @@ namespaces is killed by pid and the namespaces are deleted.
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 import subprocess
+import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,10 +26,16 @@ import pytest
 
 from tests.integration.harness import CLI, CliResult, operator_env
 from tests.integration.simhosts import SimNetwork
-from videodb.config import Settings, load_settings
+from videodb.cluster.haproxy_stats import fetch_server_status
+from videodb.cluster.health import HealthReport, check_health
+from videodb.cluster.patroni_api import PatroniAPI
+from videodb.cluster.render import READ_BACKEND, WRITE_BACKEND
+from videodb.config import NodeSpec, Settings, load_settings
+from videodb.errors import NotRunningError, TimeoutExpired
 from videodb.layout import StateLayout
 from videodb.sandbox import make_workdir
-from videodb.secrets import bundle_path
+from videodb.secrets import bundle_path, with_bundle_password
+from videodb.waiting import wait_for
 
 T = TypeVar("T")
 DB_HOSTS = ("db1", "db2", "db3")
@@ -76,7 +85,7 @@ class SimCluster:
     def settings(self, host: str = APP_HOST) -> Settings:
         sets = [f"host={host}", f"secrets_bundle={bundle_path(self.cluster_file)}"]
         loaded = load_settings(self.cluster_file, env={}, assignments=sets, require_file=True)
-        return loaded.settings
+        return with_bundle_password(loaded).settings
 
     def layout(self, host: str) -> StateLayout:
         return StateLayout(self.state_dir(host))
@@ -176,18 +185,21 @@ def sim_cluster_lifecycle(
         yield sim
     finally:
         problems = []
-        for host in started:
-            sim_stop = [CLI, "--cluster", str(workdir / "cluster.toml"), "--host", host]
-            sim_stop += ["--state-dir", str(workdir / host), "stop"]
+        stops = {}
+        for host in started:  # every host at once, as their operators would
+            argv = [CLI, "--cluster", str(workdir / "cluster.toml"), "--host", host]
+            argv += ["--state-dir", str(workdir / host), "stop"]
+            stops[host] = subprocess.Popen(
+                net.argv(host, argv),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                env=operator_env(),
+            )
+        for host, proc in stops.items():
             try:
-                subprocess.run(
-                    net.argv(host, sim_stop),
-                    capture_output=True,
-                    env=operator_env(),
-                    timeout=120,
-                    check=False,
-                )
+                proc.wait(timeout=120)
             except subprocess.TimeoutExpired:
+                proc.kill()
                 problems.append(f"stop on {host} timed out")
         problems += net.close()
         if request.session.testsfailed == failed_before and not problems:
@@ -195,3 +207,251 @@ def sim_cluster_lifecycle(
         else:
             print(f"\nsimulated hosts' state kept for inspection: {workdir}")
         assert not problems, problems
+
+
+LEDGER = "mh_ledger"
+
+
+@dataclass
+class Observations:
+    """What clients and probes saw while a fault ran (times are time.monotonic())."""
+
+    acked: list[tuple[str, int, float]] = field(default_factory=list)  # (id, seq, ack time)
+    in_doubt: list[tuple[str, float]] = field(default_factory=list)
+    reads: list[tuple[float, int]] = field(default_factory=list)  # (read start, max seq seen)
+    writable: list[tuple[str, float, bool]] = field(default_factory=list)  # (node, time, rw)
+    write_up: list[tuple[float, tuple[str, ...]]] = field(default_factory=list)  # app HAProxy
+    read_up: list[tuple[float, tuple[str, ...]]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def acks_after(self, t: float) -> int:
+        with self.lock:
+            return sum(1 for _, _, at in self.acked if at > t)
+
+    def max_write_gap(self, start: float, end: float) -> float:
+        with self.lock:
+            points = sorted(at for _, _, at in self.acked if start <= at <= end)
+        edges = [start, *points, end]
+        return max(b - a for a, b in itertools.pairwise(edges))
+
+    def first(self, node: str, writable: bool, after: float) -> float | None:
+        with self.lock:
+            times = [t for n, t, rw in self.writable if n == node and rw is writable and t > after]
+        return min(times) if times else None
+
+    def writable_after(self, node: str, t: float) -> bool:
+        return self.first(node, True, t) is not None
+
+    def most_write_servers_up(self) -> int:
+        with self.lock:
+            return max((len(up) for _, up in self.write_up), default=0)
+
+    def stalest_read_s(self) -> float:
+        """The oldest data any read through the read port returned: for each read, how long
+        before it started the first acknowledged write it did not see was acknowledged."""
+        with self.lock:
+            acked = sorted((at, seq) for _, seq, at in self.acked)
+            reads = list(self.reads)
+        worst = 0.0
+        for started, seen in reads:
+            missing = [at for at, seq in acked if seq > seen and at < started]
+            if missing:
+                worst = max(worst, started - min(missing))
+        return worst
+
+
+class Workload:
+    """A ledger writer (write port) and a reader (read port) on the application host, a probe
+    on every database host asking its own PostgreSQL directly whether it accepts writes, and a
+    sampler of the application host's HAProxy: all every 50-200 ms until `stop`."""
+
+    def __init__(self, sim: SimCluster) -> None:
+        self.sim = sim
+        self.seen = Observations()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def __enter__(self) -> Workload:
+        s = self.sim.settings(APP_HOST)
+        self._spawn(APP_HOST, self._writer, s.haproxy.write_port)
+        self._spawn(APP_HOST, self._reader, s.haproxy.read_port)
+        self._spawn(APP_HOST, self._sampler)
+        for node in s.nodes:
+            assert node.host is not None
+            self._spawn(node.host, self._prober, node.name, node.port)
+        wait_for(lambda: len(self.seen.acked) >= 20, timeout=60, what="the writer's first commits")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=15)
+
+    def _spawn(self, host: str, target: Callable[..., None], *args: Any) -> None:
+        def run() -> None:
+            with self.sim.net.inside(host):
+                target(*args)
+
+        thread = threading.Thread(target=run, daemon=True, name=f"{target.__name__}@{host}")
+        thread.start()
+        self._threads.append(thread)
+
+    def _connect(self, host: str, port: int) -> psycopg.Connection[Any]:
+        s = self.sim.settings(APP_HOST)
+        return psycopg.connect(
+            host=host,
+            port=port,
+            user=s.database.app_user,
+            password=s.database.app_password.get_secret_value(),
+            dbname=s.database.name,
+            connect_timeout=1,
+            autocommit=True,
+            application_name="videodb-mh-test",
+        )
+
+    def _writer(self, port: int) -> None:
+        address = self.sim.settings(APP_HOST).address
+        conn: psycopg.Connection[Any] | None = None
+        while not self._stop.is_set():
+            try:
+                conn = conn or self._connect(address, port)
+            except psycopg.Error:
+                self._stop.wait(0.05)
+                continue
+            wid = str(uuid.uuid4())
+            try:
+                row = conn.execute(
+                    f"INSERT INTO {LEDGER} (id) VALUES (%s) RETURNING seq", (wid,)
+                ).fetchone()
+            except psycopg.Error:
+                with self.seen.lock:
+                    self.seen.in_doubt.append((wid, time.monotonic()))
+                conn.close()
+                conn = None
+                continue
+            assert row is not None
+            with self.seen.lock:
+                self.seen.acked.append((wid, int(row[0]), time.monotonic()))
+            self._stop.wait(0.01)
+        if conn is not None:
+            conn.close()
+
+    def _reader(self, port: int) -> None:
+        address = self.sim.settings(APP_HOST).address
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                with self._connect(address, port) as conn:
+                    row = conn.execute(f"SELECT coalesce(max(seq), 0) FROM {LEDGER}").fetchone()
+                assert row is not None
+                with self.seen.lock:
+                    self.seen.reads.append((started, int(row[0])))
+            except psycopg.Error:
+                pass
+            self._stop.wait(0.05)
+
+    def _prober(self, node: str, port: int) -> None:
+        """Inside the node's own host: does its PostgreSQL accept writes right now?"""
+        conn: psycopg.Connection[Any] | None = None
+        while not self._stop.is_set():
+            try:
+                conn = conn or self._connect("127.0.0.1", port)
+                row = conn.execute(
+                    "SELECT NOT pg_is_in_recovery() AND "
+                    "current_setting('default_transaction_read_only') = 'off'"
+                ).fetchone()
+                assert row is not None
+                with self.seen.lock:
+                    self.seen.writable.append((node, time.monotonic(), bool(row[0])))
+            except psycopg.Error:
+                if conn is not None:
+                    conn.close()
+                conn = None
+            self._stop.wait(0.2)
+        if conn is not None:
+            conn.close()
+
+    def _sampler(self) -> None:
+        settings = self.sim.settings(APP_HOST)
+        while not self._stop.is_set():
+            try:
+                servers = fetch_server_status(settings, timeout=1.0)
+            except NotRunningError:
+                self._stop.wait(0.2)
+                continue
+            now = time.monotonic()
+            write = tuple(s.server for s in servers if s.backend == WRITE_BACKEND and s.up)
+            read = tuple(s.server for s in servers if s.backend == READ_BACKEND and s.up)
+            with self.seen.lock:
+                self.seen.write_up.append((now, write))
+                self.seen.read_up.append((now, read))
+            self._stop.wait(0.2)
+
+
+def prepare_ledger(sim: SimCluster) -> None:
+    def create() -> None:
+        s = sim.settings(APP_HOST)
+        with sim.connect(APP_HOST, s.haproxy.write_port) as conn:
+            conn.execute(
+                f"CREATE TABLE IF NOT EXISTS {LEDGER} (seq bigserial PRIMARY KEY, "
+                "id uuid UNIQUE NOT NULL, at timestamptz NOT NULL DEFAULT clock_timestamp())"
+            )
+
+    sim.call(APP_HOST, create)
+
+
+def leader(sim: SimCluster, seen_from: str = APP_HOST) -> NodeSpec | None:
+    return sim.call(seen_from, lambda: PatroniAPI(sim.settings(seen_from)).leader())
+
+
+def wait_healthy(sim: SimCluster, timeout: float = 120) -> HealthReport:
+    """Healthy as the application host sees it: one primary, every replica streaming, a
+    synchronous standby, its HAProxy routing by the roles."""
+    settings = sim.settings(APP_HOST)
+    last: list[HealthReport] = []
+
+    def healthy() -> bool:
+        report = check_health(settings)
+        last[:] = [report]
+        return report.healthy
+
+    try:
+        sim.call(
+            APP_HOST,
+            lambda: wait_for(healthy, timeout=timeout, what="a healthy cluster"),
+            timeout=timeout + 30,
+        )
+    except TimeoutExpired as exc:
+        raise AssertionError(f"{exc}: {last[0].problems if last else '?'}") from exc
+    return last[0]
+
+
+def lost_writes(sim: SimCluster, acked: list[str]) -> list[str]:
+    """The acknowledged ids missing on the current primary (asked through the write port)."""
+
+    def missing() -> list[str]:
+        s = sim.settings(APP_HOST)
+        with sim.connect(APP_HOST, s.haproxy.write_port) as conn:
+            rows = conn.execute(
+                f"SELECT id::text FROM {LEDGER} WHERE id = ANY(%s::uuid[])", (acked,)
+            ).fetchall()
+        found = {str(r[0]) for r in rows}
+        return [wid for wid in acked if wid not in found]
+
+    return sim.call(APP_HOST, missing)
+
+
+def ledger_digest(sim: SimCluster, node: NodeSpec) -> tuple[int, str]:
+    """(rows, md5 of every id in order) on one node, asked directly from the application host."""
+
+    def digest() -> tuple[int, str]:
+        s = sim.settings(APP_HOST)
+        with sim.connect(APP_HOST, node.port, target=node.host) as conn:
+            row = conn.execute(
+                f"SELECT count(*), coalesce(md5(string_agg(id::text, ',' ORDER BY id)), '') "
+                f"FROM {LEDGER}"
+            ).fetchone()
+        assert row is not None and s is not None
+        return int(row[0]), str(row[1])
+
+    return sim.call(APP_HOST, digest)

@@ -40,6 +40,8 @@ class MemberStatus:
     replication_state: str | None  # 'streaming' on a healthy replica
     timeline: int | None
     error: str | None = None
+    # etcd has no quorum and this primary keeps running because every member answered it
+    failsafe_active: bool = False
 
     @property
     def healthy(self) -> bool:
@@ -138,6 +140,7 @@ class PatroniAPI:
             state=str(doc.get("state", "unknown")),
             replication_state=doc.get("replication_state"),
             timeline=int(timeline) if timeline is not None else None,
+            failsafe_active=bool(doc.get("failsafe_mode_is_active")),
         )
 
     def members(self) -> list[MemberStatus]:

@@ -38,6 +38,17 @@ REPLICATION_PARAMETERS: dict[str, Any] = {
 }
 
 
+# How fast a cut link is noticed. A replica cut off from its primary stops being 'streaming' (and
+# leaves the read port) after wal_receiver_timeout; a primary drops a cut-off standby after
+# wal_sender_timeout, so that Patroni names another synchronous standby. PostgreSQL's 60 s
+# defaults would keep writes waiting on a synchronous standby that is gone for a minute.
+LINK_TIMEOUTS: dict[str, Any] = {
+    "wal_receiver_timeout": "5s",
+    "wal_receiver_status_interval": "1s",
+    "wal_sender_timeout": "5s",
+}
+
+
 @dataclass(frozen=True)
 class Toolchain:
     """Absolute paths of the executables the generated configs name."""
@@ -95,6 +106,7 @@ def patroni_config(
     # Local parameters take precedence over Patroni's dynamic (DCS) configuration and are
     # re-rendered at every start, so a changed config/platform.toml applies on restart.
     local_parameters: dict[str, Any] = {
+        **LINK_TIMEOUTS,
         **settings.postgresql.parameters,
         "unix_socket_directories": str(layout.service_run),
         "logging_collector": "on",
@@ -193,7 +205,9 @@ def haproxy_socket(layout: StateLayout) -> Path:
 
 
 def haproxy_config(settings: Settings, layout: StateLayout) -> str:
-    """Write port: Patroni's /primary only. Read port: /read-only (primary and running replicas).
+    """Write port: Patroni's /primary only. Read port: /readiness?lag= (the primary, and the
+    replicas that are streaming and within `haproxy.read_max_lag` of it; a replica cut off from
+    the primary stops streaming and drops out).
 
     Only the health check marks a server DOWN (then its sessions are cut). A connection error
     seen on live traffic merely brings the next check forward (`on-error fastinter`): during a
@@ -243,7 +257,7 @@ def haproxy_config(settings: Settings, layout: StateLayout) -> str:
         "    option redispatch 1",  # a refused connection is retried on another server at once
         "",
         *backend(WRITE_BACKEND, h.write_port, "/primary", "first"),
-        *backend(READ_BACKEND, h.read_port, "/read-only", "roundrobin"),
+        *backend(READ_BACKEND, h.read_port, f"/readiness?lag={h.read_max_lag}", "roundrobin"),
         "listen stats",
         "    mode http",
         f"    bind {host}:{h.stats_port}",

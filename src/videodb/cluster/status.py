@@ -173,6 +173,11 @@ def _node(
         detail = f"replication {member.replication_state or 'not streaming'}"
     else:
         detail = f"timeline {member.timeline}"
+    if member.failsafe_active:
+        detail += (
+            "; FAILSAFE ACTIVE: etcd has no quorum, the primary keeps serving while every "
+            "member answers it (no failover is possible until etcd is back)"
+        )
     return ServiceStatus(
         node.name,
         member.role.value if member.reachable else "down",
