@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import shutil
 import subprocess
 import threading
@@ -202,7 +203,8 @@ def sim_cluster_lifecycle(
                 proc.kill()
                 problems.append(f"stop on {host} timed out")
         problems += net.close()
-        if request.session.testsfailed == failed_before and not problems:
+        keep = os.environ.get("VIDEODB_TEST_KEEP") == "1"  # to read the hosts' logs afterwards
+        if request.session.testsfailed == failed_before and not problems and not keep:
             shutil.rmtree(workdir, ignore_errors=True)
         else:
             print(f"\nsimulated hosts' state kept for inspection: {workdir}")
@@ -219,7 +221,8 @@ class Observations:
     acked: list[tuple[str, int, float]] = field(default_factory=list)  # (id, seq, ack time)
     in_doubt: list[tuple[str, float]] = field(default_factory=list)
     reads: list[tuple[float, int]] = field(default_factory=list)  # (read start, max seq seen)
-    writable: list[tuple[str, float, bool]] = field(default_factory=list)  # (node, time, rw)
+    # (node, time, accepts writes); None: its PostgreSQL did not answer (stopped, restarting)
+    writable: list[tuple[str, float, bool | None]] = field(default_factory=list)
     write_up: list[tuple[float, tuple[str, ...]]] = field(default_factory=list)  # app HAProxy
     read_up: list[tuple[float, tuple[str, ...]]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -241,6 +244,15 @@ class Observations:
 
     def writable_after(self, node: str, t: float) -> bool:
         return self.first(node, True, t) is not None
+
+    def stopped_writing(self, node: str, after: float) -> float | None:
+        """When `node` stopped accepting writes for good after `after`: its first sample that is
+        not writable (read-only, or not answering) with no writable sample later."""
+        with self.lock:
+            samples = sorted((t, rw) for n, t, rw in self.writable if n == node and t > after)
+        last_rw = max((t for t, rw in samples if rw is True), default=after)
+        later = [t for t, rw in samples if t > last_rw and rw is not True]
+        return min(later) if later else None
 
     def most_write_servers_up(self) -> int:
         with self.lock:
@@ -364,6 +376,8 @@ class Workload:
                 with self.seen.lock:
                     self.seen.writable.append((node, time.monotonic(), bool(row[0])))
             except psycopg.Error:
+                with self.seen.lock:
+                    self.seen.writable.append((node, time.monotonic(), None))
                 if conn is not None:
                     conn.close()
                 conn = None

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Iterator
 
@@ -15,13 +17,17 @@ from tests.integration.multihost import (
     SimCluster,
     Workload,
     leader,
+    ledger_digest,
     lost_writes,
     prepare_ledger,
     sim_cluster_lifecycle,
     wait_healthy,
 )
 from tests.integration.simhosts import netns_available
+from videodb.cluster.patroni_api import PatroniAPI
+from videodb.cluster.supervisor import Supervisor
 from videodb.config import NodeSpec
+from videodb.errors import TimeoutExpired
 from videodb.waiting import wait_for
 
 pytestmark = [
@@ -111,3 +117,191 @@ def test_an_isolated_replica_leaves_the_read_port_and_is_never_promoted(sim: Sim
     assert seen.most_write_servers_up() <= 1
     assert seen.stalest_read_s() <= bound + 1.0, seen.stalest_read_s()
     assert lost_writes(sim, [wid for wid, _, _ in seen.acked]) == []
+
+
+def _timings(sim: SimCluster) -> tuple[int, int, int]:
+    return sim.settings().patroni.timings()
+
+
+def _wait_new_leader(sim: SimCluster, old: NodeSpec, seen_from: str, timeout: float) -> NodeSpec:
+    def other() -> NodeSpec | None:
+        new = leader(sim, seen_from)
+        return new if new is not None and new.name != old.name else None
+
+    return wait_for(other, timeout=timeout, what=f"a new master instead of {old.name}")
+
+
+def _wait_rows_equal(sim: SimCluster, a: NodeSpec, b: NodeSpec, timeout: float = 60) -> None:
+    last: list[object] = []
+
+    def same() -> bool:
+        pair = (ledger_digest(sim, a), ledger_digest(sim, b))
+        last[:] = [pair]
+        return pair[0] == pair[1]
+
+    try:
+        wait_for(same, timeout=timeout, what=f"{a.name} holding exactly {b.name}'s rows")
+    except TimeoutExpired as exc:
+        raise AssertionError(f"{exc}: {last}") from exc
+
+
+def test_an_isolated_master_demotes_and_rejoins_with_the_new_masters_rows(
+    sim: SimCluster,
+) -> None:
+    wait_healthy(sim)
+    prepare_ledger(sim)
+    old = leader(sim)
+    assert old is not None
+    ttl, loop_wait, retry = _timings(sim)
+    with Workload(sim) as load:
+        cut_at = time.monotonic()
+        sim.net.isolate(_host_of(sim, old))
+        try:
+            demoted_at = wait_for(
+                lambda: load.seen.stopped_writing(old.name, cut_at),
+                timeout=3 * (retry + loop_wait) + 10,
+                what=f"{old.name} refusing writes on its isolated host",
+            )
+            new = _wait_new_leader(sim, old, APP_HOST, timeout=3 * ttl)
+            wait_for(lambda: load.seen.acks_after(demoted_at) >= 20, timeout=60, what="writes")
+        finally:
+            sim.net.heal(_host_of(sim, old))
+        wait_healthy(sim)
+        healed_at = time.monotonic()
+        wait_for(lambda: load.seen.acks_after(healed_at) >= 10, timeout=30, what="writes")
+    seen = load.seen
+    downtime = seen.max_write_gap(cut_at, time.monotonic())
+    print(
+        f"\nisolated master: refused writes after {demoted_at - cut_at:.2f} s "
+        f"(bound retry_timeout + loop_wait = {retry + loop_wait} s); new master {new.name}; "
+        f"write downtime {downtime:.2f} s"
+    )
+    assert seen.stopped_writing(old.name, cut_at) == demoted_at  # and never wrote again
+    assert lost_writes(sim, [wid for wid, _, _ in seen.acked]) == []
+    first_new = seen.first(new.name, True, cut_at)
+    assert first_new is not None
+    assert not seen.writable_after(old.name, first_new), "two writable masters"
+    assert seen.most_write_servers_up() <= 1
+    assert leader(sim) == new
+    _wait_rows_equal(sim, old, new)
+
+
+def test_the_application_host_on_the_minority_side_commits_nothing_then_follows(
+    sim: SimCluster,
+) -> None:
+    wait_healthy(sim)
+    prepare_ledger(sim)
+    old = leader(sim)
+    assert old is not None
+    minority = [_host_of(sim, old), APP_HOST]
+    majority = [h for h in DB_HOSTS if h not in minority]
+    pids = {h: sim.net.pids(h) for h in (APP_HOST,)}
+    ttl, loop_wait, retry = _timings(sim)
+    with Workload(sim) as load:
+        cut_at = time.monotonic()
+        pairs = [(a, b) for a in minority for b in majority]
+        for a, b in pairs:
+            sim.net.cut(a, b)
+            sim.net.cut(b, a)
+        try:
+            demoted_at = wait_for(
+                lambda: load.seen.stopped_writing(old.name, cut_at),
+                timeout=3 * (retry + loop_wait) + 10,
+                what=f"{old.name} refusing writes on the minority side",
+            )
+            new = _wait_new_leader(sim, old, majority[0], timeout=3 * ttl)
+            time.sleep(2)
+            committed_after_demotion = load.seen.acks_after(demoted_at)
+        finally:
+            for a, b in pairs:
+                sim.net.uncut(a, b)
+                sim.net.uncut(b, a)
+        healed_at = time.monotonic()
+        wait_for(lambda: load.seen.acks_after(healed_at) >= 20, timeout=60, what="writes")
+    wait_healthy(sim)
+    seen = load.seen
+    again = min(at for _, _, at in seen.acked if at > healed_at) - healed_at
+    print(
+        f"\nminority side: old master refused writes after {demoted_at - cut_at:.2f} s; the "
+        f"application host wrote again {again:.2f} s after healing"
+    )
+    assert committed_after_demotion == 0
+    assert lost_writes(sim, [wid for wid, _, _ in seen.acked]) == []
+    assert leader(sim) == new
+    # No restart on the application host: the same processes route to the new master.
+    assert set(pids[APP_HOST]) <= set(sim.net.pids(APP_HOST))
+    assert seen.most_write_servers_up() <= 1
+
+
+def test_etcd_without_quorum_keeps_the_master_writing_in_failsafe_mode(sim: SimCluster) -> None:
+    wait_healthy(sim)
+    prepare_ledger(sim)
+    primary = leader(sim)
+    assert primary is not None
+    timeline = _timeline(sim)
+    frozen = [h for h in DB_HOSTS if h != _host_of(sim, primary)]
+    etcd_pids = [Supervisor(sim.layout(h)).program("etcd").pid for h in frozen]
+    assert all(etcd_pids)
+    ttl, _, _ = _timings(sim)
+    with Workload(sim) as load:
+        stop_at = time.monotonic()
+        for pid in etcd_pids:
+            assert pid is not None
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            time.sleep(ttl + 5)  # past the leader key's expiry
+            status = sim.cli_json(APP_HOST, "status", expect_rc=1)
+            errors_during = len(load.seen.in_doubt)
+            acks_during = load.seen.acks_after(stop_at)
+        finally:
+            for pid in etcd_pids:
+                assert pid is not None
+                os.kill(pid, signal.SIGCONT)
+        wait_healthy(sim)
+    master_line = next(s for s in status["services"] if s["name"] == primary.name)
+    print(
+        f"\netcd without quorum for {ttl + 5} s: {acks_during} writes acknowledged, "
+        f"{errors_during} errors; status said: {master_line['detail']}"
+    )
+    assert "FAILSAFE ACTIVE" in master_line["detail"], master_line
+    assert errors_during == 0 and acks_during > 100
+    assert leader(sim) == primary and _timeline(sim) == timeline
+    assert load.seen.most_write_servers_up() <= 1
+    assert lost_writes(sim, [wid for wid, _, _ in load.seen.acked]) == []
+
+
+def _timeline(sim: SimCluster) -> int | None:
+    members = sim.call(APP_HOST, lambda: PatroniAPI(sim.settings()).members())
+    timelines = {m.timeline for m in members if m.reachable}
+    assert len(timelines) == 1, members
+    return timelines.pop()
+
+
+def test_a_lost_master_host_is_replaced_and_comes_back_as_a_replica(sim: SimCluster) -> None:
+    wait_healthy(sim)
+    prepare_ledger(sim)
+    old = leader(sim)
+    assert old is not None
+    host = _host_of(sim, old)
+    ttl, loop_wait, _ = _timings(sim)
+    with Workload(sim) as load:
+        lost_at = time.monotonic()
+        assert sim.net.lose(host) == []
+        new = _wait_new_leader(sim, old, APP_HOST, timeout=3 * (ttl + loop_wait) + 10)
+        elected_at = time.monotonic()
+        wait_for(lambda: load.seen.acks_after(elected_at) >= 20, timeout=60, what="writes")
+        resumed = min(at for _, _, at in load.seen.acked if at > lost_at) - lost_at
+        sim.net.heal(host)  # the machine is back (rebooted): its operator starts its part
+        restarted = sim.cli(host, "start", "video", timeout=240)
+        assert restarted.rc == 0, restarted
+        wait_healthy(sim)
+    seen = load.seen
+    print(
+        f"\nlost master host: writes resumed after {resumed:.2f} s through the write port "
+        f"(bound ttl + loop_wait + checks = {ttl + loop_wait + 2} s)"
+    )
+    assert lost_writes(sim, [wid for wid, _, _ in seen.acked]) == []
+    assert seen.most_write_servers_up() <= 1
+    first_new = seen.first(new.name, True, lost_at)
+    assert first_new is not None and not seen.writable_after(old.name, first_new)
+    _wait_rows_equal(sim, old, new)
