@@ -33,6 +33,7 @@ from videodb.cluster import (
     apps,
     drill,
     ha,
+    hosts,
     lifecycle,
     promote,
     replication,
@@ -807,6 +808,37 @@ def add_replica(
             f"{change.name} streams and serves reads (postgres {change.port}, api "
             f"{change.api_port}) after {change.elapsed_s:.1f} s"
         )
+
+
+@app.command(
+    "add-host",
+    epilog=examples(
+        "platform.sh --cluster cluster.toml add-host db4",
+        "   (cluster.toml already lists db4; see docs/operator-guide.md, 'Adding a host')",
+    ),
+)
+@mutating
+def add_host(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(metavar="HOST", help="A host the cluster file lists.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Register a new host of the cluster file with the running cluster (its etcd member, as a
+    learner), then print what to run on each host. Run on any running host."""
+    c = _ctx(ctx)
+    c.require_running()
+    result = hosts.add_host(c.settings(), name, c.cluster_file)
+    if as_json:
+        _print_json(asdict(result))
+        return
+    member = (
+        f"etcd member {result.etcd_member} added as a learner"
+        if result.etcd_member
+        else ("no etcd member on it")
+    )
+    out.print(f"{name}: {member}; next:", highlight=False)
+    for step in result.next_steps:
+        out.print(f"  {step}", highlight=False)
 
 
 @app.command("remove-replica")

@@ -79,6 +79,7 @@ class SimCluster:
     net: SimNetwork
     workdir: Path
     cluster_file: Path
+    started: list[str] = field(default_factory=list)  # hosts to stop at the end
 
     def state_dir(self, host: str) -> Path:
         return self.workdir / host
@@ -113,9 +114,16 @@ class SimCluster:
 
     def start_all(self, hosts: tuple[str, ...], timeout: float = 300) -> dict[str, CliResult]:
         """`start video` on every host at once, as operators on four machines would."""
+        self.started += [h for h in hosts if h not in self.started]
+        return self.run_all(hosts, "start", "video", timeout=timeout)
+
+    def run_all(
+        self, hosts: tuple[str, ...], *args: str, timeout: float = 300
+    ) -> dict[str, CliResult]:
+        """One command on several hosts at once."""
         procs = {
             h: subprocess.Popen(
-                self.argv(h, "start", "video"),
+                self.argv(h, *args),
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
@@ -163,13 +171,12 @@ def sim_cluster_lifecycle(
     failed_before = request.session.testsfailed
     workdir = make_workdir("videodb-mh-")
     net = SimNetwork()
-    started: list[str] = []
+    sim = SimCluster(net, workdir, workdir / "cluster.toml")
     try:
         for name in (*db_hosts, APP_HOST):
             net.add_host(name)
-        cluster_file = workdir / "cluster.toml"
+        cluster_file = sim.cluster_file
         cluster_file.write_text(cluster_toml(net, db_hosts))
-        sim = SimCluster(net, workdir, cluster_file)
         init = subprocess.run(
             [CLI, "cluster", "init", str(cluster_file)],
             capture_output=True,
@@ -179,15 +186,14 @@ def sim_cluster_lifecycle(
             check=False,
         )
         assert init.returncode == 0, init
-        started = [*db_hosts, APP_HOST]
-        results = sim.start_all(tuple(started))
+        results = sim.start_all((*db_hosts, APP_HOST))
         for host, result in results.items():
             assert result.rc == 0, f"start on {host} failed: {result}"
         yield sim
     finally:
         problems = []
         stops = {}
-        for host in started:  # every host at once, as their operators would
+        for host in sim.started:  # every host at once, as their operators would
             argv = [CLI, "--cluster", str(workdir / "cluster.toml"), "--host", host]
             argv += ["--state-dir", str(workdir / host), "stop"]
             stops[host] = subprocess.Popen(

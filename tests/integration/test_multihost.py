@@ -16,6 +16,7 @@ from tests.integration.multihost import (
     Observations,
     SimCluster,
     Workload,
+    cluster_toml,
     leader,
     ledger_digest,
     lost_writes,
@@ -25,6 +26,7 @@ from tests.integration.multihost import (
 )
 from tests.integration.simhosts import netns_available
 from videodb.cluster.patroni_api import PatroniAPI
+from videodb.cluster.render import READ_BACKEND
 from videodb.cluster.supervisor import Supervisor
 from videodb.config import NodeSpec
 from videodb.errors import TimeoutExpired
@@ -305,3 +307,41 @@ def test_a_lost_master_host_is_replaced_and_comes_back_as_a_replica(sim: SimClus
     first_new = seen.first(new.name, True, lost_at)
     assert first_new is not None and not seen.writable_after(old.name, first_new)
     _wait_rows_equal(sim, old, new)
+
+
+def test_a_fourth_host_joins_as_a_streaming_replica_with_connections_kept(sim: SimCluster) -> None:
+    """Last in this module: the cluster has four database hosts afterwards."""
+    wait_healthy(sim)
+    s = sim.settings()
+    sessions = sim.call(
+        APP_HOST,
+        lambda: [sim.connect(APP_HOST, p) for p in (s.haproxy.write_port, s.haproxy.read_port)],
+    )
+    before = [c.info.backend_pid for c in sessions]
+    sim.net.add_host("db4")
+    sim.cluster_file.write_text(cluster_toml(sim.net, (*DB_HOSTS, "db4")))
+    # 1. the changed cluster file, applied on every running host with no restart
+    applied = sim.run_all((*DB_HOSTS, APP_HOST), "start", "video")
+    assert all(r.rc == 0 for r in applied.values()), applied
+    assert "HAProxy reloaded" in applied[APP_HOST].stdout, applied[APP_HOST]
+    # 2. registered with etcd as a learner, from any running host
+    added = sim.cli_json(DB_HOSTS[0], "add-host", "db4")
+    assert added["etcd_member"], added
+    # 3. the new host starts its part: etcd joins and is promoted, PostgreSQL clones and streams
+    sim.started.append("db4")
+    joined = sim.cli("db4", "start", "video", timeout=300)
+    assert joined.rc == 0, joined
+    report = wait_healthy(sim)  # now with postgres-video-4 streaming and in the read port
+    assert {m.name for m in report.members} >= {"postgres-video-4"}
+    read_up = {x.server for x in report.servers if x.backend == READ_BACKEND and x.up}
+    assert "postgres-video-4" in read_up
+    after = sim.call(
+        APP_HOST,
+        lambda: [c.execute("SELECT pg_backend_pid()").fetchone() for c in sessions],
+    )
+    assert [row[0] if row else None for row in after] == before, "a connection was dropped"
+    for conn in sessions:
+        conn.close()
+    status = sim.cli_json("db4", "status")
+    assert status["healthy"], status
+    assert sum(1 for x in status["services"] if x["name"] == "etcd" and x["healthy"]) == 4

@@ -17,10 +17,11 @@ from videodb.cluster.health import (
     etcd_member_healthy,
     sync_standby_chosen,
 )
+from videodb.cluster.hosts import etcd_join, promote_when_in_sync, reapply
 from videodb.cluster.patroni_api import PatroniAPI
 from videodb.cluster.pg import ensure_application_database
 from videodb.cluster.postmaster import pg_ctl_stop, postmaster_pid
-from videodb.cluster.preflight import check_prerequisites
+from videodb.cluster.preflight import check_prerequisites, find_toolchain
 from videodb.cluster.state import is_fresh, nodes_to_hold_back, prepare_state, validate_haproxy
 from videodb.cluster.supervisor import (
     Supervisor,
@@ -89,9 +90,13 @@ def start(
         )
     if is_running(layout):
         changes = []
+        secrets = load_secrets(layout)
         if flags:
             progress(f"already running: applying {', '.join(f'--{f}' for f in sorted(flags))}")
-            changes = reconfigure(settings, load_secrets(layout), set(flags))
+            changes = reconfigure(settings, secrets, set(flags))
+        tools, _ = find_toolchain(settings)
+        if tools is not None:
+            changes += reapply(settings, layout, service_user(), tools, secrets.api_password)
         report = check_health(settings)
         return StartResult(
             True, layout.root, time.monotonic() - began, report.primary, warnings, changes
@@ -101,13 +106,20 @@ def start(
     tools = check_prerequisites(settings, layout, user)
     fresh = is_fresh(settings, layout)
     held_back = nodes_to_hold_back(settings, layout)
+    join = etcd_join(settings, layout)
+    if join is not None:
+        progress(f"joining the running etcd cluster ({join.initial_cluster})")
     progress(f"writing configuration under {layout.root}")
-    secrets = prepare_state(settings, layout, user, tools, held_back)
+    secrets = prepare_state(
+        settings, layout, user, tools, held_back, join.initial_cluster if join else None
+    )
     validate_haproxy(tools, layout)
     progress(f"starting supervisord ({', '.join(_parts(settings))})")
     supervisor = start_supervisord(layout)
     deadline = began + timeout
     try:
+        if join is not None:
+            promote_when_in_sync(join, _remaining(deadline), progress)
         _wait_cluster(
             settings, layout, secrets, deadline, progress, supervisor, held_back, fresh=fresh
         )

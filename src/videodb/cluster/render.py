@@ -325,7 +325,11 @@ def etcd_peer_url(settings: Settings, host: HostSpec) -> str:
     return f"http://{host.address}:{settings.etcd.peer_port}"
 
 
-def etcd_command(settings: Settings, layout: StateLayout, tools: Toolchain) -> list[str]:
+def etcd_command(
+    settings: Settings, layout: StateLayout, tools: Toolchain, join: str | None = None
+) -> list[str]:
+    """etcd for this host. `join`: the --initial-cluster of a running cluster this member was
+    added to (as a learner); otherwise the cluster file's etcd hosts bootstrap a new one."""
     this = settings.this_host()
     e = settings.etcd
     peer = etcd_peer_url(settings, this)
@@ -345,8 +349,8 @@ def etcd_command(settings: Settings, layout: StateLayout, tools: Toolchain) -> l
         f"--advertise-client-urls={client}",
         f"--listen-peer-urls={peer}",
         f"--initial-advertise-peer-urls={peer}",
-        f"--initial-cluster={members}",
-        "--initial-cluster-state=new",
+        f"--initial-cluster={join or members}",
+        f"--initial-cluster-state={'existing' if join else 'new'}",
         f"--initial-cluster-token={settings.patroni.scope}-{e.client_port}",
         "--enable-v2=false",
         "--listen-metrics-urls=",
@@ -361,6 +365,7 @@ def supervisor_config(
     tools: Toolchain,
     user: ServiceUser,
     held_back: frozenset[str] = frozenset(),
+    etcd_join: str | None = None,
 ) -> str:
     """supervisord runs every server in the foreground, restarts what crashes, and keeps logs.
 
@@ -413,7 +418,7 @@ def supervisor_config(
     )
     this = settings.this_host()
     if this.etcd:
-        text += program(ETCD_PROGRAM, etcd_command(settings, layout, tools), 20, 10)
+        text += program(ETCD_PROGRAM, etcd_command(settings, layout, tools, etcd_join), 20, 10)
     for node in settings.local_nodes():
         argv = [str(tools.patroni), str(layout.patroni_config(node.name))]
         text += program(node.name, argv, 90, 20)

@@ -68,6 +68,7 @@ def prepare_state(
     user: ServiceUser,
     tools: render.Toolchain,
     held_back: frozenset[str] = frozenset(),
+    etcd_join: str | None = None,
 ) -> ClusterSecrets:
     """Create the directories and (re)write every generated file from the settings."""
     layout.root.mkdir(parents=True, exist_ok=True)
@@ -102,7 +103,8 @@ def prepare_state(
         haproxy = render.haproxy_config(settings, layout)
         _write_service_file(layout.haproxy_config(), haproxy, user)
     layout.supervisor_config().write_text(
-        render.supervisor_config(settings, layout, tools, user, held_back), encoding="utf-8"
+        render.supervisor_config(settings, layout, tools, user, held_back, etcd_join),
+        encoding="utf-8",
     )
     return secrets
 

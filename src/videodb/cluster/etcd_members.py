@@ -1,0 +1,119 @@
+"""etcd membership across hosts, through etcd's v3 JSON API: list, add as a learner, promote.
+
+A host that joins a running cluster is added as a learner first (it receives the log but does not
+vote, so a slow catch-up cannot cost the quorum), then promoted to a voting member once etcd says
+it is in sync.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+from videodb.cluster.health import etcd_member_healthy
+from videodb.cluster.render import etcd_member_name, etcd_peer_url
+from videodb.config import HostSpec, Settings
+from videodb.errors import ClusterError
+
+
+@dataclass(frozen=True)
+class EtcdMember:
+    id: str
+    name: str  # empty for a learner that has not started yet
+    peer_urls: tuple[str, ...]
+    learner: bool
+
+
+def _post(url: str, path: str, payload: dict[str, Any], timeout: float = 5.0) -> Any:
+    request = urllib.request.Request(
+        f"{url}{path}",
+        data=json.dumps(payload).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
+            return json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        detail = exc.read().decode(errors="replace").strip()
+        raise ClusterError(f"etcd at {url} refused {path}: {detail}") from exc
+    except OSError as exc:
+        raise ClusterError(f"etcd at {url} is not reachable ({exc})") from exc
+
+
+def healthy_member_url(settings: Settings, exclude: str | None = None) -> str:
+    """The client URL of an etcd member that answers with a quorum (not `exclude`'s)."""
+    for host in settings.etcd_hosts():
+        if host.name == exclude:
+            continue
+        url = f"http://{host.address}:{settings.etcd.client_port}"
+        if etcd_member_healthy(url):
+            return url
+    raise ClusterError(
+        "no etcd member of the cluster answers with a quorum; start the etcd hosts first "
+        "('platform.sh --cluster FILE --host NAME start video' on each)"
+    )
+
+
+def members(url: str) -> list[EtcdMember]:
+    doc = _post(url, "/v3/cluster/member/list", {})
+    return [
+        EtcdMember(
+            id=str(m.get("ID", "")),
+            name=str(m.get("name", "")),
+            peer_urls=tuple(m.get("peerURLs", [])),
+            learner=bool(m.get("isLearner", False)),
+        )
+        for m in doc.get("members", [])
+    ]
+
+
+def member_for(settings: Settings, host: HostSpec, listed: list[EtcdMember]) -> EtcdMember | None:
+    peer = etcd_peer_url(settings, host)
+    return next((m for m in listed if peer in m.peer_urls), None)
+
+
+def add_learner(settings: Settings, host: HostSpec) -> EtcdMember:
+    """Register `host`'s etcd member as a learner (nothing to do if it is a member already)."""
+    url = healthy_member_url(settings, exclude=host.name)
+    existing = member_for(settings, host, members(url))
+    if existing is not None:
+        return existing
+    doc = _post(
+        url,
+        "/v3/cluster/member/add",
+        {"peerURLs": [etcd_peer_url(settings, host)], "isLearner": True},
+    )
+    added = doc.get("member", {})
+    return EtcdMember(str(added.get("ID", "")), "", (etcd_peer_url(settings, host),), True)
+
+
+def promote(url: str, member: EtcdMember) -> bool:
+    """Promote a learner; False while etcd says it is not in sync with the leader yet."""
+    try:
+        _post(url, "/v3/cluster/member/promote", {"ID": member.id})
+    except ClusterError as exc:
+        if "in sync with" in str(exc) or "not ready" in str(exc):
+            return False
+        raise
+    return True
+
+
+def remove(url: str, member: EtcdMember) -> None:
+    _post(url, "/v3/cluster/member/remove", {"ID": member.id})
+
+
+def initial_cluster(settings: Settings, this: HostSpec, listed: list[EtcdMember]) -> str:
+    """--initial-cluster for a member joining a running cluster: every member etcd lists (the
+    joining one under its own name)."""
+    parts = []
+    mine = etcd_peer_url(settings, this)
+    for m in listed:
+        for peer in m.peer_urls:
+            name = etcd_member_name(settings, this) if peer == mine else m.name
+            if name:
+                parts.append(f"{name}={peer}")
+    return ",".join(parts)
