@@ -85,7 +85,9 @@ StopTarget = Literal["all", "video", "apps"]
 FailoverChoice = Literal["automatic", "manual"]
 ReplicationChoice = Literal["async", "sync", "sync-strict"]
 ProfileChoice = Literal["fast", "default", "safe"]
-FaultChoice = Literal["kill-postgres", "kill-node", "freeze", "switchover"]
+FaultChoice = Literal[
+    "kill-postgres", "kill-node", "freeze", "switchover", "isolate-host", "lose-host"
+]
 OnOff = Literal["on", "off"]
 
 
@@ -870,6 +872,7 @@ def remove_replica(
     epilog=examples(
         "platform.sh failover-test",
         "platform.sh failover-test --fault kill-node --repeat 3 --json",
+        "platform.sh --cluster cluster.toml --host app1 failover-test --fault isolate-host",
     ),
 )
 @mutating
@@ -879,7 +882,9 @@ def failover_test(
         FaultChoice,
         typer.Option(
             help="kill-postgres: kill -9 of the master's postgres; kill-node: of Patroni and "
-            "postgres; freeze: SIGSTOP of both; switchover: a planned switch."
+            "postgres; freeze: SIGSTOP of both; switchover: a planned switch. Across hosts (a "
+            "cluster file with drill.* commands): isolate-host cuts the master's host off the "
+            "network, lose-host switches it off; each is then brought back."
         ),
     ] = "kill-postgres",
     freeze_seconds: Annotated[

@@ -208,6 +208,20 @@ class BackupSpec(_Strict):
     archive_timeout_s: Annotated[int, Field(ge=0, le=86_400)] = 60  # 0: switch only when full
 
 
+class DrillSpec(_Strict):
+    """How `failover-test --fault isolate-host|lose-host` acts on a host of a cluster file.
+
+    Shell commands, with {host} (its name) and {address} replaced: cutting a machine off or
+    switching it off is done differently everywhere (a switch port, a cloud API, IPMI, ssh).
+    """
+
+    isolate_command: str | None = None  # cut the host off the network; its processes keep running
+    heal_command: str | None = None  # reconnect it
+    lose_command: str | None = None  # the machine is gone (power off, every process killed)
+    restore_command: str | None = None  # it is back: boot it and start its part ('start video')
+    command_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 300.0
+
+
 def _default_nodes() -> list[NodeSpec]:
     return [
         NodeSpec(name="postgres-video-master", port=5433, api_port=8008),
@@ -240,6 +254,7 @@ class Settings(_Strict):
     postgresql: PostgresSpec = Field(default_factory=PostgresSpec)
     apps: AppsSpec = Field(default_factory=AppsSpec)
     backup: BackupSpec = Field(default_factory=BackupSpec)
+    drill: DrillSpec = Field(default_factory=DrillSpec)
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:

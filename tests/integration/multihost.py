@@ -43,6 +43,26 @@ DB_HOSTS = ("db1", "db2", "db3")
 APP_HOST = "app1"
 
 
+def drill_toml(net: SimNetwork, cluster_file: Path) -> str:
+    """How failover-test cuts off, kills and brings back a simulated host."""
+    port = f"ip -n {net.switch} link set p-{{host}}"
+    netns = f"vdb{net.tag}-{{host}}"
+    start = (
+        f"ip netns exec {netns} {CLI} --cluster {cluster_file} --host {{host}} "
+        f"--state-dir {cluster_file.parent}/{{host}} start video"
+    )
+    return "\n".join(
+        [
+            "[drill]",
+            f'isolate_command = "{port} down"',
+            f'heal_command = "{port} up"',
+            f'lose_command = "{port} down && ip netns pids {netns} | xargs -r kill -9"',
+            f'restore_command = "{port} up && {start}"',
+            "",
+        ]
+    )
+
+
 def cluster_toml(net: SimNetwork, db_hosts: tuple[str, ...], extra: str = "") -> str:
     lines = [
         "[patroni]",
@@ -176,7 +196,7 @@ def sim_cluster_lifecycle(
         for name in (*db_hosts, APP_HOST):
             net.add_host(name)
         cluster_file = sim.cluster_file
-        cluster_file.write_text(cluster_toml(net, db_hosts))
+        cluster_file.write_text(cluster_toml(net, db_hosts, drill_toml(net, cluster_file)))
         init = subprocess.run(
             [CLI, "cluster", "init", str(cluster_file)],
             capture_output=True,

@@ -17,6 +17,7 @@ from tests.integration.multihost import (
     SimCluster,
     Workload,
     cluster_toml,
+    drill_toml,
     leader,
     ledger_digest,
     lost_writes,
@@ -45,26 +46,32 @@ def sim(request: pytest.FixtureRequest) -> Iterator[SimCluster]:
 
 
 def test_any_host_shows_the_whole_cluster_with_each_process_host(sim: SimCluster) -> None:
-    for host in (*DB_HOSTS, APP_HOST):
+    db_hosts = _db_hosts(sim)
+    for host in (*db_hosts, APP_HOST):
         status = sim.cli_json(host, "status")
         assert status["healthy"], status
         where = {(s["name"], s["host"]) for s in status["services"]}
-        assert {("etcd", h) for h in DB_HOSTS} <= where
-        assert {(f"postgres-video-{i}", h) for i, h in enumerate(DB_HOSTS, 1)} <= where
+        assert {("etcd", h) for h in db_hosts} <= where
+        assert {(f"postgres-video-{i}", h) for i, h in enumerate(db_hosts, 1)} <= where
         assert {("haproxy-postgres", APP_HOST), ("upload", APP_HOST)} <= where
         roles = sorted(s["role"] for s in status["services"] if s["name"].startswith("postgres-"))
-        assert roles == ["primary", "replica", "replica"]
+        assert roles == ["primary"] + ["replica"] * (len(db_hosts) - 1)
         # This host's processes come from its supervisord (a pid); the others' over the network.
         local = [s for s in status["services"] if s["host"] == host]
         assert local and all(s["pid"] for s in local), local
         assert all(s["state"] == "REMOTE" for s in status["services"] if s["host"] != host)
-    stats = sim.cli_json(DB_HOSTS[0], "haproxy-stats")
+    stats = sim.cli_json(db_hosts[0], "haproxy-stats")
     assert {s["host"] for s in stats["servers"]} == {APP_HOST}
     replication = sim.cli_json(DB_HOSTS[1], "replication-status")
     assert len(replication["replicas"]) == 2, replication
     assert sorted(r["sync_state"] for r in replication["replicas"]) == ["async", "sync"], (
         replication
     )
+
+
+def _db_hosts(sim: SimCluster) -> list[str]:
+    """The database hosts of the cluster file now (a test may have added one)."""
+    return [h.name for h in sim.settings().etcd_hosts()]
 
 
 def _host_of(sim: SimCluster, node: NodeSpec) -> str:
@@ -196,7 +203,7 @@ def test_the_application_host_on_the_minority_side_commits_nothing_then_follows(
     old = leader(sim)
     assert old is not None
     minority = [_host_of(sim, old), APP_HOST]
-    majority = [h for h in DB_HOSTS if h not in minority]
+    majority = [h for h in _db_hosts(sim) if h not in minority]
     pids = {h: sim.net.pids(h) for h in (APP_HOST,)}
     ttl, loop_wait, retry = _timings(sim)
     with Workload(sim) as load:
@@ -241,7 +248,8 @@ def test_etcd_without_quorum_keeps_the_master_writing_in_failsafe_mode(sim: SimC
     primary = leader(sim)
     assert primary is not None
     timeline = _timeline(sim)
-    frozen = [h for h in DB_HOSTS if h != _host_of(sim, primary)]
+    # Two of three members (with a fourth host, two of four): no quorum either way.
+    frozen = [h for h in _db_hosts(sim) if h != _host_of(sim, primary)][:2]
     etcd_pids = [Supervisor(sim.layout(h)).program("etcd").pid for h in frozen]
     assert all(etcd_pids)
     ttl, _, _ = _timings(sim)
@@ -309,8 +317,35 @@ def test_a_lost_master_host_is_replaced_and_comes_back_as_a_replica(sim: SimClus
     _wait_rows_equal(sim, old, new)
 
 
+DRILL_FIELDS = {
+    "fault", "runs", "write_downtime_s", "read_downtime_s", "heal_s", "acknowledged",
+    "lost_acknowledged", "in_doubt", "failed_reads", "two_primaries", "healed",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("fault", ["isolate-host", "lose-host"])
+def test_failover_test_drills_the_masters_whole_host(sim: SimCluster, fault: str) -> None:
+    wait_healthy(sim)
+    old = leader(sim)
+    report = sim.cli_json(APP_HOST, "failover-test", "--fault", fault, expect_rc=None)
+    print(f"\nfailover-test --fault {fault}: {report}")
+    assert set(report) == DRILL_FIELDS  # the same JSON as the single-host faults
+    run = report["runs"][0]
+    assert run["old_primary"] == (old.name if old else None) != run["new_primary"]
+    assert report["healed"] and not report["two_primaries"], report
+    assert report["lost_acknowledged"] == 0 and report["acknowledged"] > 0, report
+
+
+def test_a_host_fault_without_its_commands_is_refused_before_any_load(sim: SimCluster) -> None:
+    result = sim.cli(
+        APP_HOST, "--set", "drill.isolate_command=", "failover-test", "--fault", "isolate-host"
+    )
+    assert result.rc == 2, result
+    assert "drill.isolate_command" in result.stderr and "cluster file" in result.stderr, result
+
+
 def test_a_fourth_host_joins_as_a_streaming_replica_with_connections_kept(sim: SimCluster) -> None:
-    """Last in this module: the cluster has four database hosts afterwards."""
+    """The cluster has four database hosts afterwards (the tests above work with either)."""
     wait_healthy(sim)
     s = sim.settings()
     sessions = sim.call(
@@ -319,7 +354,8 @@ def test_a_fourth_host_joins_as_a_streaming_replica_with_connections_kept(sim: S
     )
     before = [c.info.backend_pid for c in sessions]
     sim.net.add_host("db4")
-    sim.cluster_file.write_text(cluster_toml(sim.net, (*DB_HOSTS, "db4")))
+    drill = drill_toml(sim.net, sim.cluster_file)
+    sim.cluster_file.write_text(cluster_toml(sim.net, (*DB_HOSTS, "db4"), drill))
     # 1. the changed cluster file, applied on every running host with no restart
     applied = sim.run_all((*DB_HOSTS, APP_HOST), "start", "video")
     assert all(r.rc == 0 for r in applied.values()), applied

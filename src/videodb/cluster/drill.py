@@ -35,10 +35,16 @@ from videodb.cluster.supervisor import Supervisor, supervisord_pid
 from videodb.config import NodeSpec, Settings
 from videodb.errors import ClusterError, ConfigError, TimeoutExpired
 from videodb.layout import StateLayout
+from videodb.runner import run_tool
 from videodb.secrets import ClusterSecrets
 from videodb.waiting import wait_for
 
-FAULTS = ("kill-postgres", "kill-node", "freeze", "switchover")
+FAULTS = ("kill-postgres", "kill-node", "freeze", "switchover", "isolate-host", "lose-host")
+# The faults that act on the master's whole host, through the drill.* commands of a cluster file.
+HOST_FAULTS = {
+    "isolate-host": ("isolate_command", "heal_command"),
+    "lose-host": ("lose_command", "restore_command"),
+}
 WRITE_TABLE = "videodb_drill"
 PROBE_TABLE = "videodb_drill_probe"
 Progress = Callable[[str], None]
@@ -93,10 +99,10 @@ class _Recorder:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-def _app_params(settings: Settings, port: int) -> dict[str, Any]:
+def _app_params(settings: Settings, port: int, host: str | None = None) -> dict[str, Any]:
     db = settings.database
     return {
-        "host": settings.address,
+        "host": host or settings.address,
         "port": port,
         "user": db.app_user,
         "password": db.app_password.get_secret_value(),
@@ -149,7 +155,8 @@ def _prober(settings: Settings, node: NodeSpec, stop: threading.Event, rec: _Rec
     """Direct, small writes on one node: which nodes accept writes, and when."""
     while not stop.is_set():
         try:
-            with psycopg.connect(**_app_params(settings, node.port)) as conn:
+            params = _app_params(settings, node.port, settings.node_address(node))
+            with psycopg.connect(**params) as conn:
                 conn.execute(f"INSERT INTO {PROBE_TABLE} (node) VALUES (%s)", (node.name,))
             with rec.lock:
                 rec.probes.append((node.name, time.monotonic()))
@@ -259,7 +266,57 @@ def _inject(
 
             wait_for(new_leader, timeout=timeout, what="another node taking over", interval=0.05)
         return
+    if fault in HOST_FAULTS:
+        _host_fault(fault, settings, old, timeout, progress)
+        return
     raise ConfigError(f"unknown fault {fault!r}; choose one of {', '.join(FAULTS)}")
+
+
+def host_fault_commands(settings: Settings, fault: str, host: str) -> tuple[str, str]:
+    """The (fault, repair) shell commands for `host`, or a ConfigError naming the keys to set."""
+    if not settings.multi_host:
+        raise ConfigError(
+            f"--fault {fault} acts on a whole host: run it against a cluster file "
+            "(--cluster FILE) whose hosts are separate machines"
+        )
+    if host == settings.this_host().name:
+        raise ConfigError(
+            f"--fault {fault} would cut off the host the drill runs on ({host}); run "
+            "failover-test on an application host that does not run the master"
+        )
+    keys = HOST_FAULTS[fault]
+    values = [getattr(settings.drill, key) for key in keys]
+    if not all(values):
+        missing = ", ".join(f"drill.{k}" for k, v in zip(keys, values, strict=True) if not v)
+        raise ConfigError(
+            f"--fault {fault} needs {missing} in the cluster file: the shell commands that do it "
+            "on these machines, with {host} and {address} (see docs/operator-guide.md, 'Drills "
+            "across hosts')"
+        )
+    spec = settings.host_spec(host)
+    fault_cmd, repair_cmd = (str(v).format(host=spec.name, address=spec.address) for v in values)
+    return fault_cmd, repair_cmd
+
+
+def _host_fault(
+    fault: str, settings: Settings, old: NodeSpec, timeout: float, progress: Progress
+) -> None:
+    host = settings.node_host(old).name
+    fault_cmd, repair_cmd = host_fault_commands(settings, fault, host)
+    api = PatroniAPI(settings)
+    limit = settings.drill.command_timeout_s
+    progress(f"{fault} {host} (the master's host): {fault_cmd}")
+    run_tool(["sh", "-c", fault_cmd], what=f"drill.{HOST_FAULTS[fault][0]}", timeout=limit)
+    try:
+
+        def new_leader() -> bool:
+            leader = api.leader()
+            return leader is not None and leader.name != old.name
+
+        wait_for(new_leader, timeout=timeout, what="another node taking over", interval=0.1)
+    finally:
+        progress(f"bringing {host} back: {repair_cmd}")
+        run_tool(["sh", "-c", repair_cmd], what=f"drill.{HOST_FAULTS[fault][1]}", timeout=limit)
 
 
 @contextmanager
@@ -306,6 +363,8 @@ def run_drill(
         hint="see 'platform.sh status'",
     )
     old = PatroniAPI(settings).require_leader("to drill on")
+    if fault in HOST_FAULTS:  # refuse before any load when the commands are missing
+        host_fault_commands(settings, fault, settings.node_host(old).name)
     _prepare_tables(settings, secrets)
     rec = _Recorder()
     stop = threading.Event()
