@@ -17,6 +17,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from videodb.cluster import etcd_members
 from videodb.cluster.patroni_api import PatroniAPI
@@ -79,6 +82,17 @@ def _snapshot(paths: list[Path]) -> dict[Path, str | None]:
     return {p: p.read_text(encoding="utf-8") if p.exists() else None for p in paths}
 
 
+def _patroni_local(text: str | None) -> Any:
+    """What a Patroni reload applies: the file without `bootstrap` (read once, at bootstrap;
+    the dynamic settings in it are applied through the REST API instead)."""
+    if text is None:
+        return None
+    doc = yaml.safe_load(text)
+    if isinstance(doc, dict):
+        doc.pop("bootstrap", None)
+    return doc
+
+
 def reapply(
     settings: Settings,
     layout: StateLayout,
@@ -97,7 +111,7 @@ def reapply(
     api = PatroniAPI(settings, api_password)
     for node in local:
         path = patroni_files[node.name]
-        if before[path] != after[path]:
+        if _patroni_local(before[path]) != _patroni_local(after[path]):
             api.send("POST", node, "/reload", {}, timeout=10)
             changes.append(f"{node.name}: Patroni reloaded its configuration")
     if (
