@@ -16,7 +16,7 @@ import statistics
 
 from bench.proxy_tps import pgbench, tps
 from videodb.cluster import lifecycle
-from videodb.cluster.drill import FAULTS, run_drills
+from videodb.cluster.drill import FAULTS, HOST_FAULTS, run_drills
 from videodb.cluster.ha import apply_dynamic_config
 from videodb.cluster.health import check_health, sync_standby_chosen
 from videodb.config import Settings
@@ -34,7 +34,8 @@ def with_replication(settings: Settings, mode: str) -> Settings:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--faults", default=",".join(FAULTS))
+    single_host = [f for f in FAULTS if f not in HOST_FAULTS]  # bench.multihost for the others
+    parser.add_argument("--faults", default=",".join(single_host))
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--profile", default="fast")
     args = parser.parse_args()

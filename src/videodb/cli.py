@@ -57,7 +57,8 @@ app = typer.Typer(
         "The video platform's replicated PostgreSQL: etcd, two Patroni-managed PostgreSQL 15 "
         "nodes and HAProxy (write 5435, read 5436, stats 8404); the upload, metadata and "
         "streaming applications (the page on 8080); backups with continuous WAL archiving and "
-        "point-in-time recovery. Everything on 127.0.0.1."
+        "point-in-time recovery. Everything on 127.0.0.1; across several hosts with "
+        "--cluster FILE --host NAME (see 'cluster init')."
     ),
     no_args_is_help=True,
     add_completion=False,
@@ -69,6 +70,7 @@ app = typer.Typer(
         "  platform.sh status                       every process, its role and health\n"
         "  platform.sh replication-status --json    lag per replica, for scripts\n"
         "  platform.sh --port-offset 100 start video   a second platform beside the first\n"
+        "  platform.sh --cluster c.toml --host db1 start video   this host's part of a cluster\n"
         "  platform.sh COMMAND --help               one command's options and examples"
     ),
 )

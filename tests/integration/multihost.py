@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import psycopg
-import pytest
 
 from tests.integration.harness import CLI, CliResult, operator_env
 from tests.integration.simhosts import SimNetwork
@@ -186,9 +185,10 @@ class SimCluster:
 
 @contextmanager
 def sim_cluster_lifecycle(
-    request: pytest.FixtureRequest, db_hosts: tuple[str, ...] = DB_HOSTS
+    failed: Callable[[], bool] = lambda: False, db_hosts: tuple[str, ...] = DB_HOSTS
 ) -> Iterator[SimCluster]:
-    failed_before = request.session.testsfailed
+    """Build the hosts, start them, yield; stop and remove everything (the state directories are
+    kept when `failed()` says a test failed, or with VIDEODB_TEST_KEEP=1)."""
     workdir = make_workdir("videodb-mh-")
     net = SimNetwork()
     sim = SimCluster(net, workdir, workdir / "cluster.toml")
@@ -230,7 +230,7 @@ def sim_cluster_lifecycle(
                 problems.append(f"stop on {host} timed out")
         problems += net.close()
         keep = os.environ.get("VIDEODB_TEST_KEEP") == "1"  # to read the hosts' logs afterwards
-        if request.session.testsfailed == failed_before and not problems and not keep:
+        if not failed() and not problems and not keep:
             shutil.rmtree(workdir, ignore_errors=True)
         else:
             print(f"\nsimulated hosts' state kept for inspection: {workdir}")

@@ -41,7 +41,8 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def sim(request: pytest.FixtureRequest) -> Iterator[SimCluster]:
-    with sim_cluster_lifecycle(request) as cluster:
+    before = request.session.testsfailed
+    with sim_cluster_lifecycle(lambda: request.session.testsfailed > before) as cluster:
         yield cluster
 
 

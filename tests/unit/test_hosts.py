@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from videodb.cluster import render
+from videodb.cluster.drill import host_fault_commands
 from videodb.config import LOCAL_HOST, Settings, load_settings
 from videodb.errors import ConfigError
 from videodb.layout import ServiceUser, StateLayout
-from videodb.secrets import ClusterSecrets
+from videodb.secrets import ClusterSecrets, with_bundle_password
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "cluster.toml"
+CLI = str(Path(sys.executable).parent / "videodb")
 SECRETS = ClusterSecrets("su", "rep", "api")
 TOOLS = render.Toolchain(
     patroni=Path("/venv/bin/patroni"),
@@ -114,3 +122,56 @@ def test_pg_hba_admits_the_cluster_hosts_only() -> None:
         assert f"host all all {address}/32 scram-sha-256" in rules
     assert rules[-2:] == ["host all all 0.0.0.0/0 reject", "host all all ::/0 reject"]
     assert not any("md5" in r or "trust" in r for r in rules)
+
+
+def test_cluster_init_makes_one_private_bundle_and_never_replaces_it(tmp_path: Path) -> None:
+    cluster_file = tmp_path / "cluster.toml"
+    shutil.copy(EXAMPLE, cluster_file)
+    first = run_cli("cluster", "init", str(cluster_file), "--json")
+    assert first.returncode == 0, first
+    made = json.loads(first.stdout)
+    bundle = Path(made["secrets"])
+    assert bundle == tmp_path / "cluster.toml.secrets"
+    assert stat.S_IMODE(bundle.stat().st_mode) == 0o600
+    assert made["hosts"] == ["db1", "db2", "db3", "app1"]
+    assert all("--host" in c and "start video" in c for c in made["commands"])
+    content = bundle.read_text()
+    again = run_cli("cluster", "init", str(cluster_file))
+    assert again.returncode == 2 and "exists already" in again.stderr
+    assert bundle.read_text() == content  # the running cluster's secrets are kept
+    # Every host reads the same application password from the bundle.
+    loaded = load_settings(
+        cluster_file, env={}, assignments=[f"secrets_bundle={bundle}"], require_file=True
+    )
+    password = with_bundle_password(loaded).settings.database.app_password.get_secret_value()
+    assert password == json.loads(content)["app_password"]
+
+
+def test_a_bad_cluster_file_is_refused_by_cluster_init(tmp_path: Path) -> None:
+    cluster_file = tmp_path / "cluster.toml"
+    cluster_file.write_text(EXAMPLE.read_text().replace('host = "db3"', 'host = "db9"'))
+    result = run_cli("cluster", "init", str(cluster_file))
+    assert result.returncode == 2, result
+    assert "'db9' is not one of" in result.stderr
+    assert not (tmp_path / "cluster.toml.secrets").exists()
+
+
+def test_a_host_fault_needs_its_commands_and_another_host() -> None:
+    s = cluster("app1")
+    with pytest.raises(ConfigError, match=r"drill\.isolate_command, drill\.heal_command"):
+        host_fault_commands(s, "isolate-host", "db1")
+    s = cluster("app1", "drill.lose_command=echo off {host} {address}", "drill.restore_command=on")
+    assert host_fault_commands(s, "lose-host", "db2") == ("echo off db2 10.0.0.12", "on")
+    with pytest.raises(ConfigError, match="cut off the host the drill runs on"):
+        host_fault_commands(
+            cluster("db2", "drill.lose_command=x", "drill.restore_command=y"), "lose-host", "db2"
+        )
+    with pytest.raises(ConfigError, match="run it against a cluster file"):
+        host_fault_commands(Settings(), "lose-host", LOCAL_HOST)
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VIDEODB", "DB_"))}
+    return subprocess.run(
+        [CLI, *args], capture_output=True, text=True, timeout=60, check=False, env=env
+    )
