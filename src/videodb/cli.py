@@ -845,6 +845,39 @@ def add_host(
         out.print(f"  {step}", highlight=False)
 
 
+@app.command(
+    "remove-host",
+    epilog=examples(
+        "platform.sh --cluster cluster.toml --host db4 stop        # on db4, first",
+        "platform.sh --cluster cluster.toml --host db1 remove-host db4",
+    ),
+)
+@mutating
+def remove_host(
+    ctx: typer.Context,
+    name: Annotated[
+        str, typer.Argument(metavar="HOST", help="A stopped host of the cluster file.")
+    ],
+    as_json: JsonOpt = False,
+) -> None:
+    """Take a stopped host out of the running cluster (its etcd member), then print what to run
+    on each host. Run on another, running host."""
+    c = _ctx(ctx)
+    c.require_running()
+    result = hosts.remove_host(c.settings(), name, c.cluster_file)
+    if as_json:
+        _print_json(asdict(result))
+        return
+    member = (
+        f"etcd member {result.etcd_member_removed} removed"
+        if result.etcd_member_removed
+        else "no etcd member to remove"
+    )
+    out.print(f"{name}: {member}; next:", highlight=False)
+    for step in result.next_steps:
+        out.print(f"  {step}", highlight=False)
+
+
 @app.command("remove-replica")
 @mutating
 def remove_replica(

@@ -70,7 +70,8 @@ def cluster_toml(net: SimNetwork, db_hosts: tuple[str, ...], extra: str = "") ->
         'shared_buffers = "64MB"',
         "",
     ]
-    for name, host in net.hosts.items():
+    for name in (*db_hosts, APP_HOST):
+        host = net.hosts[name]
         is_db = name in db_hosts
         lines += [
             "[[hosts]]",

@@ -382,3 +382,26 @@ def test_a_fourth_host_joins_as_a_streaming_replica_with_connections_kept(sim: S
     status = sim.cli_json("db4", "status")
     assert status["healthy"], status
     assert sum(1 for x in status["services"] if x["name"] == "etcd" and x["healthy"]) == 4
+
+
+def test_the_fourth_host_leaves_again(sim: SimCluster) -> None:
+    """After the fourth host joined: stop it, remove it, re-apply the file without it."""
+    if "db4" not in _db_hosts(sim):
+        pytest.skip("needs the fourth host of the test before")
+    wait_healthy(sim)
+    refused = sim.cli(DB_HOSTS[0], "remove-host", "db4")
+    assert refused.rc == 1 and "still runs postgres-video-4" in refused.stderr, refused
+    assert sim.cli("db4", "stop", timeout=120).rc == 0
+    removed = sim.cli_json(DB_HOSTS[0], "remove-host", "db4")
+    assert removed["etcd_member_removed"], removed
+    sim.cluster_file.write_text(
+        cluster_toml(sim.net, DB_HOSTS, drill_toml(sim.net, sim.cluster_file))
+    )
+    sim.started.remove("db4")
+    applied = sim.run_all((*DB_HOSTS, APP_HOST), "start", "video")
+    assert all(r.rc == 0 for r in applied.values()), applied
+    report = wait_healthy(sim)
+    assert "postgres-video-4" not in {x.server for x in report.servers}
+    status = sim.cli_json(APP_HOST, "status")
+    assert status["healthy"], status
+    assert sum(1 for x in status["services"] if x["name"] == "etcd") == 3

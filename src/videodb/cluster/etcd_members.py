@@ -17,6 +17,9 @@ from videodb.cluster.health import etcd_member_healthy
 from videodb.cluster.render import etcd_member_name, etcd_peer_url
 from videodb.config import HostSpec, Settings
 from videodb.errors import ClusterError
+from videodb.waiting import wait_for
+
+UNHEALTHY_WAIT_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -82,10 +85,24 @@ def add_learner(settings: Settings, host: HostSpec) -> EtcdMember:
     existing = member_for(settings, host, members(url))
     if existing is not None:
         return existing
-    doc = _post(
-        url,
-        "/v3/cluster/member/add",
-        {"peerURLs": [etcd_peer_url(settings, host)], "isLearner": True},
+    payload = {"peerURLs": [etcd_peer_url(settings, host)], "isLearner": True}
+
+    def attempt() -> Any:
+        # etcd refuses a change of membership ("unhealthy cluster") until every member has been
+        # connected for a few seconds, e.g. just after a network heals.
+        try:
+            return _post(url, "/v3/cluster/member/add", payload)
+        except ClusterError as exc:
+            if "unhealthy cluster" in str(exc):
+                return None
+            raise
+
+    doc = wait_for(
+        attempt,
+        timeout=UNHEALTHY_WAIT_S,
+        what="etcd accepting a new member (it reports an unhealthy cluster)",
+        hint="see 'platform.sh status': every etcd member must be up and connected",
+        interval=1.0,
     )
     added = doc.get("member", {})
     return EtcdMember(str(added.get("ID", "")), "", (etcd_peer_url(settings, host),), True)

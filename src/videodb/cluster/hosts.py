@@ -148,3 +148,44 @@ def add_host(settings: Settings, name: str, cluster_file: Path | None) -> AddHos
         f"on {name}: platform.sh --cluster {file} --host {name} start video",
     ]
     return AddHostResult(name, member.id if member else None, steps, time.monotonic() - began)
+
+
+@dataclass
+class RemoveHostResult:
+    host: str
+    etcd_member_removed: str | None
+    next_steps: list[str] = field(default_factory=list)
+
+
+def remove_host(settings: Settings, name: str, cluster_file: Path | None) -> RemoveHostResult:
+    """Take a stopped host out of the running cluster: its etcd member is removed; then the
+    cluster file without it, re-applied on every host, makes HAProxy and pg_hba forget it."""
+    host = settings.host_spec(name)
+    if not settings.multi_host or cluster_file is None:
+        raise ConfigError("remove-host works on a cluster file: pass --cluster FILE")
+    if name == settings.this_host().name:
+        raise ConfigError(f"run remove-host on another host than {name} (it must be stopped)")
+    api = PatroniAPI(settings)
+    running = [
+        m.name
+        for m in api.members()
+        if m.reachable and m.name in {n.name for n in settings.nodes_on(host)}
+    ]
+    if running:
+        raise ClusterError(
+            f"{name} still runs {', '.join(running)}; stop its part first "
+            f"('platform.sh --cluster {cluster_file} --host {name} stop'; if it runs the master, "
+            "'switchover' first)"
+        )
+    removed = None
+    if host.etcd:
+        url = etcd_members.healthy_member_url(settings, exclude=name)
+        member = etcd_members.member_for(settings, host, etcd_members.members(url))
+        if member is not None:
+            etcd_members.remove(url, member)
+            removed = member.id
+    steps = [
+        f"remove {name} and its nodes from {cluster_file} and copy it to every host",
+        f"on each remaining host: platform.sh --cluster {cluster_file} --host HOST start video",
+    ]
+    return RemoveHostResult(name, removed, steps)
