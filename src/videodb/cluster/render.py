@@ -200,6 +200,14 @@ def render_patroni(config: dict[str, Any]) -> str:
     return header + yaml.safe_dump(config, sort_keys=False)
 
 
+def read_check_path(settings: Settings) -> str:
+    """The read port's health check (Patroni REST API), from haproxy.read_requires_streaming."""
+    h = settings.haproxy
+    if h.read_requires_streaming:
+        return f"/readiness?lag={h.read_max_lag}"
+    return f"/read-only?lag={h.read_max_lag}"
+
+
 def haproxy_socket(layout: StateLayout) -> Path:
     return layout.service_run / "haproxy.sock"
 
@@ -257,7 +265,7 @@ def haproxy_config(settings: Settings, layout: StateLayout) -> str:
         "    option redispatch 1",  # a refused connection is retried on another server at once
         "",
         *backend(WRITE_BACKEND, h.write_port, "/primary", "first"),
-        *backend(READ_BACKEND, h.read_port, f"/readiness?lag={h.read_max_lag}", "roundrobin"),
+        *backend(READ_BACKEND, h.read_port, read_check_path(settings), "roundrobin"),
         "listen stats",
         "    mode http",
         f"    bind {host}:{h.stats_port}",
