@@ -61,7 +61,8 @@ def status_table(report: PlatformStatus) -> Table:
 
 def replication_table(report: ReplicationReport) -> Table:
     title = (
-        f"primary {report.primary}  timeline {report.timeline}  current LSN {report.current_lsn}"
+        f"primary {report.primary} (host {report.primary_host})  timeline {report.timeline}  "
+        f"current LSN {report.current_lsn}"
         f"  (alert above {report.max_lag_s:g} s)"
     )
     table = Table(title=title, title_justify="left")
@@ -71,7 +72,7 @@ def replication_table(report: ReplicationReport) -> Table:
     for r in report.replicas:
         state = f"[green]{r.state}[/]" if r.ok else f"[red]{r.state}[/]"
         table.add_row(
-            r.name,
+            f"{r.name} ({r.host})",
             state,
             r.sent_lsn or "-",
             r.write_lsn or "-",

@@ -63,11 +63,12 @@ def test_any_host_shows_the_whole_cluster_with_each_process_host(sim: SimCluster
         assert all(s["state"] == "REMOTE" for s in status["services"] if s["host"] != host)
     stats = sim.cli_json(db_hosts[0], "haproxy-stats")
     assert {s["host"] for s in stats["servers"]} == {APP_HOST}
-    replication = sim.cli_json(DB_HOSTS[1], "replication-status")
-    assert len(replication["replicas"]) == 2, replication
-    assert sorted(r["sync_state"] for r in replication["replicas"]) == ["async", "sync"], (
-        replication
-    )
+    replication = sim.cli_json(db_hosts[1], "replication-status")
+    assert len(replication["replicas"]) == len(db_hosts) - 1, replication
+    assert sorted(r["sync_state"] for r in replication["replicas"])[-1] == "sync", replication
+    placed = {f"postgres-video-{i}": h for i, h in enumerate(db_hosts, 1)}
+    assert all(placed[r["name"]] == r["host"] for r in replication["replicas"]), replication
+    assert placed[replication["primary"]] == replication["primary_host"]
 
 
 def _db_hosts(sim: SimCluster) -> list[str]:

@@ -36,6 +36,7 @@ class ReplicaStatus:
     slot_name: str | None = None
     slot_active: bool | None = None
     problem: str | None = None
+    host: str = ""  # the host it runs on (the cluster file's; 'local' on one machine)
 
     @property
     def ok(self) -> bool:
@@ -49,6 +50,7 @@ class ReplicationReport:
     timeline: int
     max_lag_s: float
     replicas: list[ReplicaStatus] = field(default_factory=list)
+    primary_host: str = ""
 
     @property
     def ok(self) -> bool:
@@ -92,14 +94,17 @@ def replication_report(
         current_lsn=str(lsn_row[0]),
         timeline=int(str(lsn_row[1])),
         max_lag_s=max_lag_s,
+        primary_host=settings.node_host(primary).name,
     )
     by_name = {str(row[0]): row for row in stats}
     for node in settings.nodes:
         if node.name == primary.name:
             continue
-        report.replicas.append(
-            _replica(node.name, by_name.get(node.name), slots, members.get(node.name), max_lag_s)
+        replica = _replica(
+            node.name, by_name.get(node.name), slots, members.get(node.name), max_lag_s
         )
+        replica.host = settings.node_host(node).name
+        report.replicas.append(replica)
     return report
 
 
