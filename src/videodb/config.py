@@ -100,8 +100,9 @@ class HAProxySpec(_Strict):
     # True: a replica must also be streaming (one cut off from its primary leaves at once, but
     # while the master is lost every replica leaves too, until a new one leads). False: replicas
     # stay while within read_max_lag of the last position in etcd (reads go on during a failover;
-    # a replica cut off from the primary and from etcd is never judged stale).
-    read_requires_streaming: bool = True
+    # a replica cut off from the primary and from etcd is never judged stale). Unset: True across
+    # hosts (a network can cut a replica off), False on one machine (nothing can).
+    read_requires_streaming: bool | None = None
     check_interval_ms: Annotated[int, Field(ge=100, le=60_000)] = 1000
     fast_interval_ms: Annotated[int, Field(ge=50, le=60_000)] = 250
     rise: Annotated[int, Field(ge=1, le=10)] = 1

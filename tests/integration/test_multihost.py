@@ -8,6 +8,7 @@ import signal
 import time
 from collections.abc import Iterator
 
+import psycopg
 import pytest
 
 from tests.integration.multihost import (
@@ -69,6 +70,34 @@ def test_any_host_shows_the_whole_cluster_with_each_process_host(sim: SimCluster
     placed = {f"postgres-video-{i}": h for i, h in enumerate(db_hosts, 1)}
     assert all(placed[r["name"]] == r["host"] for r in replication["replicas"]), replication
     assert placed[replication["primary"]] == replication["primary_host"]
+
+
+def test_postgres_admits_only_the_cluster_hosts(sim: SimCluster) -> None:
+    """A machine on the same network that the cluster file does not list is refused by pg_hba,
+    with the right password; the application host is admitted."""
+    outsider = sim.net.hosts.get("outsider") or sim.net.add_host("outsider")
+    s = sim.settings()
+    node = s.nodes[0]
+    address = s.node_address(node)
+    db = s.database
+
+    def connect() -> str:
+        try:
+            with psycopg.connect(
+                host=address,
+                port=node.port,
+                user=db.app_user,
+                password=db.app_password.get_secret_value(),
+                dbname=db.name,
+                connect_timeout=3,
+            ):
+                return "admitted"
+        except psycopg.OperationalError as exc:
+            return str(exc)
+
+    refused = sim.call(outsider.name, connect)
+    assert "no pg_hba.conf entry" in refused and outsider.address in refused, refused
+    assert sim.call(APP_HOST, connect) == "admitted"
 
 
 def _db_hosts(sim: SimCluster) -> list[str]:

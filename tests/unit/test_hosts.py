@@ -111,6 +111,7 @@ def test_the_application_host_runs_haproxy_over_every_node_and_the_apps() -> Non
     assert "[program:haproxy-postgres]" in supervisor and "[program:upload]" in supervisor
     haproxy = render.haproxy_config(s, LAYOUT)
     assert "bind 10.0.0.21:5435" in haproxy
+    assert "option httpchk GET /readiness?lag=16MB" in haproxy  # streaming replicas only
     for i, address in enumerate(("10.0.0.11", "10.0.0.12", "10.0.0.13"), start=1):
         assert f"server postgres-video-{i} {address}:5433 check port 8008" in haproxy
 

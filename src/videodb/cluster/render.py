@@ -203,7 +203,10 @@ def render_patroni(config: dict[str, Any]) -> str:
 def read_check_path(settings: Settings) -> str:
     """The read port's health check (Patroni REST API), from haproxy.read_requires_streaming."""
     h = settings.haproxy
-    if h.read_requires_streaming:
+    streaming = h.read_requires_streaming
+    if streaming is None:
+        streaming = settings.multi_host
+    if streaming:
         return f"/readiness?lag={h.read_max_lag}"
     return f"/read-only?lag={h.read_max_lag}"
 
