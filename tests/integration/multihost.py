@@ -132,25 +132,29 @@ class SimCluster:
         assert expect_rc is None or result.rc == expect_rc, result
         return json.loads(result.stdout)
 
-    def start_all(self, hosts: tuple[str, ...], timeout: float = 300) -> dict[str, CliResult]:
-        """`start video` on every host at once, as operators on four machines would."""
+    def start_all(
+        self, hosts: tuple[str, ...], timeout: float = 300, stagger_s: float = 0.0
+    ) -> dict[str, CliResult]:
+        """`start video` on every host, as operators on four machines would: at once, or one
+        after the other `stagger_s` apart (in the order given)."""
         self.started += [h for h in hosts if h not in self.started]
-        return self.run_all(hosts, "start", "video", timeout=timeout)
+        return self.run_all(hosts, "start", "video", timeout=timeout, stagger_s=stagger_s)
 
     def run_all(
-        self, hosts: tuple[str, ...], *args: str, timeout: float = 300
+        self, hosts: tuple[str, ...], *args: str, timeout: float = 300, stagger_s: float = 0.0
     ) -> dict[str, CliResult]:
-        """One command on several hosts at once."""
-        procs = {
-            h: subprocess.Popen(
+        """One command on several hosts at once (or `stagger_s` apart)."""
+        procs = {}
+        for i, h in enumerate(hosts):
+            if i and stagger_s:
+                time.sleep(stagger_s)
+            procs[h] = subprocess.Popen(
                 self.argv(h, *args),
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
                 env=operator_env(),
             )
-            for h in hosts
-        }
         results = {}
         deadline = time.monotonic() + timeout
         for host, proc in procs.items():
@@ -207,9 +211,13 @@ def sim_cluster_lifecycle(
             check=False,
         )
         assert init.returncode == 0, init
-        results = sim.start_all((*db_hosts, APP_HOST))
+        # Order must not matter: the application host first (no etcd of its own), then the
+        # database hosts one by one; each waits, saying for what, until it has what it needs.
+        results = sim.start_all((APP_HOST, *db_hosts), stagger_s=2.0)
         for host, result in results.items():
             assert result.rc == 0, f"start on {host} failed: {result}"
+        for host in (APP_HOST, db_hosts[0]):
+            assert "waiting for etcd to have a quorum (2 of 3 members" in results[host].stderr
         yield sim
     finally:
         problems = []
