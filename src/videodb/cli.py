@@ -336,7 +336,10 @@ def start(
     as_json: JsonOpt = False,
 ) -> None:
     """Start etcd, both PostgreSQL nodes (Patroni) and HAProxy, wait until healthy, migrate the
-    schema, then start the upload, metadata and streaming applications and wait until ready."""
+    schema, then start the upload, metadata and streaming applications and wait until ready.
+
+    With --cluster FILE --host NAME: only that host's part. On a running platform, a changed
+    config or cluster file is re-applied without a restart."""
     c = _ctx(ctx)
     given = set()
     for key, value in (("failover", failover), ("replication", replication), ("profile", profile)):
