@@ -259,6 +259,8 @@ class Observations:
     # (node, time, accepts writes); None: its PostgreSQL did not answer (stopped, restarting)
     writable: list[tuple[str, float, bool | None]] = field(default_factory=list)
     write_up: list[tuple[float, tuple[str, ...]]] = field(default_factory=list)  # app HAProxy
+    # writes committed directly on one node from its own host (Workload's `local_writer`)
+    local_acked: list[float] = field(default_factory=list)
     read_up: list[tuple[float, tuple[str, ...]]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -312,8 +314,11 @@ class Workload:
     on every database host asking its own PostgreSQL directly whether it accepts writes, and a
     sampler of the application host's HAProxy: all every 50-200 ms until `stop`."""
 
-    def __init__(self, sim: SimCluster) -> None:
+    def __init__(self, sim: SimCluster, local_writer: NodeSpec | None = None) -> None:
+        """`local_writer`: also commit directly on that node, from inside its own host (what a
+        client on the master's side of a partition would get acknowledged)."""
         self.sim = sim
+        self.local_writer = local_writer
         self.seen = Observations()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -326,6 +331,9 @@ class Workload:
         for node in s.nodes:
             assert node.host is not None
             self._spawn(node.host, self._prober, node.name, node.port)
+        if self.local_writer is not None:
+            assert self.local_writer.host is not None
+            self._spawn(self.local_writer.host, self._direct_writer, self.local_writer.port)
         wait_for(lambda: len(self.seen.acked) >= 20, timeout=60, what="the writer's first commits")
         return self
 
@@ -379,6 +387,24 @@ class Workload:
             assert row is not None
             with self.seen.lock:
                 self.seen.acked.append((wid, int(row[0]), time.monotonic()))
+            self._stop.wait(0.01)
+        if conn is not None:
+            conn.close()
+
+    def _direct_writer(self, port: int) -> None:
+        conn: psycopg.Connection[Any] | None = None
+        while not self._stop.is_set():
+            try:
+                conn = conn or self._connect("127.0.0.1", port)
+                conn.execute(f"INSERT INTO {LEDGER} (id) VALUES (%s)", (str(uuid.uuid4()),))
+            except psycopg.Error:
+                if conn is not None:
+                    conn.close()
+                conn = None
+                self._stop.wait(0.05)
+                continue
+            with self.seen.lock:
+                self.seen.local_acked.append(time.monotonic())
             self._stop.wait(0.01)
         if conn is not None:
             conn.close()

@@ -193,7 +193,8 @@ def test_an_isolated_master_demotes_and_rejoins_with_the_new_masters_rows(
     old = leader(sim)
     assert old is not None
     ttl, loop_wait, retry = _timings(sim)
-    with Workload(sim) as load:
+    with Workload(sim, local_writer=old) as load:
+        wait_for(lambda: len(load.seen.local_acked) >= 20, timeout=30, what="direct commits")
         cut_at = time.monotonic()
         sim.net.isolate(_host_of(sim, old))
         try:
@@ -211,11 +212,16 @@ def test_an_isolated_master_demotes_and_rejoins_with_the_new_masters_rows(
         wait_for(lambda: load.seen.acks_after(healed_at) >= 10, timeout=30, what="writes")
     seen = load.seen
     downtime = seen.max_write_gap(cut_at, time.monotonic())
+    # On its own host, the isolated master acknowledges nothing once cut off: a commit waits for
+    # its synchronous standby, on the other side (50 ms: an acknowledgement already on its way).
+    acked_after_cut = [t - cut_at for t in seen.local_acked if cut_at + 0.05 < t < demoted_at]
     print(
-        f"\nisolated master: refused writes after {demoted_at - cut_at:.2f} s "
-        f"(bound retry_timeout + loop_wait = {retry + loop_wait} s); new master {new.name}; "
-        f"write downtime {downtime:.2f} s"
+        f"\nisolated master: {len(acked_after_cut)} commits acknowledged on its own host after "
+        f"the cut; read-only after {demoted_at - cut_at:.2f} s (Patroni's demotion; bound "
+        f"retry_timeout + loop_wait = {retry + loop_wait} s); new master {new.name}; write "
+        f"downtime through the application host {downtime:.2f} s"
     )
+    assert acked_after_cut == [], acked_after_cut
     assert seen.stopped_writing(old.name, cut_at) == demoted_at  # and never wrote again
     assert lost_writes(sim, [wid for wid, _, _ in seen.acked]) == []
     first_new = seen.first(new.name, True, cut_at)
