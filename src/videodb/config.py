@@ -95,8 +95,9 @@ class HAProxySpec(_Strict):
     stats_port: Port = 8404
     binary: str = "haproxy"
     maxconn: Annotated[int, Field(ge=10)] = 2000
-    # A replica further behind its primary than this (WAL bytes) leaves the read port.
-    read_max_lag: Annotated[str, Field(pattern=r"^\d+(B|kB|MB|GB)?$")] = "16MB"
+    # A replica further behind its primary than this (WAL bytes) leaves the read port. Unset:
+    # 16MB across hosts; no bound on one machine (as the guide's read port has it).
+    read_max_lag: Annotated[str, Field(pattern=r"^\d+(B|kB|MB|GB)?$")] | None = None
     # True: a replica must also be streaming (one cut off from its primary leaves at once, but
     # while the master is lost every replica leaves too, until a new one leads). False: replicas
     # stay while within read_max_lag of the last position in etcd (reads go on during a failover;

@@ -89,9 +89,13 @@ def test_haproxy_routes_writes_by_primary_check_and_reads_by_read_only() -> None
     write = cfg.split("listen postgres_write")[1].split("listen postgres_read")[0]
     read = cfg.split("listen postgres_read")[1].split("listen stats")[0]
     assert "bind 127.0.0.1:5435" in write and "GET /primary" in write
-    assert "bind 127.0.0.1:5436" in read and "GET /read-only?lag=16MB" in read
-    strict = load_settings(None, env={}, assignments=["haproxy.read_requires_streaming=true"])
-    assert render.read_check_path(strict.settings) == "/readiness?lag=16MB"
+    assert "bind 127.0.0.1:5436" in read and "option httpchk GET /read-only\n" in read
+    strict = load_settings(
+        None,
+        env={},
+        assignments=["haproxy.read_requires_streaming=true", "haproxy.read_max_lag=1MB"],
+    )
+    assert render.read_check_path(strict.settings) == "/readiness?lag=1MB"
     assert "balance roundrobin" in read
     for section in (write, read):
         assert "server postgres-video-master 127.0.0.1:5433 check port 8008" in section

@@ -206,9 +206,9 @@ def read_check_path(settings: Settings) -> str:
     streaming = h.read_requires_streaming
     if streaming is None:
         streaming = settings.multi_host
-    if streaming:
-        return f"/readiness?lag={h.read_max_lag}"
-    return f"/read-only?lag={h.read_max_lag}"
+    lag = h.read_max_lag or ("16MB" if settings.multi_host else None)
+    path = "/readiness" if streaming else "/read-only"
+    return f"{path}?lag={lag}" if lag else path
 
 
 def haproxy_socket(layout: StateLayout) -> Path:

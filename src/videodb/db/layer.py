@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import psycopg
 from prometheus_client import CollectorRegistry
-from sqlalchemy import URL, Connection, Engine, create_engine, event, text
+from sqlalchemy import URL, Connection, Engine, ExceptionContext, create_engine, event, text
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import ORMExecuteState, Session
 
@@ -143,6 +143,8 @@ class DataLayer:
         self.reader_engine = self._engine(
             settings.reader_port, settings.reader_pool_size, "reader", isolation_level="AUTOCOMMIT"
         )
+        for engine in (self.writer_engine, self.reader_engine):
+            event.listen(engine, "handle_error", self._retire_on_role_change)
         event.listen(self.reader_engine, "before_cursor_execute", self._reader_guard)
         event.listen(self.reader_engine, "connect", self._reader_connect)
         self.registry = registry or CollectorRegistry()
@@ -173,6 +175,16 @@ class DataLayer:
             },
             **options,
         )
+
+    @staticmethod
+    def _retire_on_role_change(context: ExceptionContext) -> None:
+        """An error that says the node behind the port died or changed role retires the whole
+        pool: SQLAlchemy closes this connection, and every pooled connection made before now is
+        replaced at its next checkout, including those checked out at this moment. (Disposing
+        the pool instead would leave those open and orphaned until the garbage collector.)"""
+        if classify(context.original_exception).role_may_have_changed:
+            context.is_disconnect = True
+            context.invalidate_pool_on_disconnect = True
 
     @staticmethod
     def _reader_guard(conn: Connection, cursor: Any, statement: str, *args: Any) -> None:
@@ -236,13 +248,13 @@ class DataLayer:
         if failure.role_may_have_changed:
             # Pooled connections may point at a node that died or changed role: drop them all.
             which = "writer" if engine is self.writer_engine else "reader"
+            # The pool was retired in _retire_on_role_change, as the error went through it.
             log.warning(
-                "%s (port %s): %s; dropping its pooled connections",
+                "%s (port %s): %s; its pooled connections are replaced",
                 which,
                 engine.url.port,
                 failure.value,
             )
-            engine.dispose()
         return failure
 
     def write_idempotent(

@@ -211,8 +211,8 @@ def create_app(
             except DB_ERRORS as exc:
                 if attempt == 2 or not classify(exc).role_may_have_changed:
                     return json_error(503, f"{ready_on} port not reachable: {first_line(exc)}")
-                # The pool held connections a failover cut: drop them and ask once more.
-                engine.dispose()
+                # The pool held connections a failover cut; the data layer retired them when
+                # this error went through the pool: ask once more, on a new connection.
         return JSONResponse({"status": "ready", "service": service, "database": ready_on})
 
     @app.get("/metrics", tags=["operations"], summary="Prometheus metrics")
