@@ -46,10 +46,12 @@ install_packages() {
   fi
 }
 
-# What only the tests need: ffmpeg makes real videos, Chromium plays them in the browser test.
+# What only the tests need: ffmpeg makes real videos, Chromium plays them in the browser test,
+# iproute2's `ip` builds the simulated hosts (network namespaces) of the multi-host tests.
 ensure_test_packages() {
   local missing=()
   command -v ffmpeg >/dev/null 2>&1 || missing+=(ffmpeg)
+  command -v ip >/dev/null 2>&1 || missing+=(iproute2)
   [[ -x /usr/bin/chromium ]] || missing+=(chromium)
   [[ -x /usr/bin/chromedriver ]] || missing+=(chromium-driver)
   install_packages "for the tests" "${missing[@]}"

@@ -820,7 +820,7 @@ def add_replica(
 @app.command(
     "add-host",
     epilog=examples(
-        "platform.sh --cluster cluster.toml add-host db4",
+        "platform.sh --cluster cluster.toml --host db1 add-host db4",
         "   (cluster.toml already lists db4; see docs/operator-guide.md, 'Adding a host')",
     ),
 )
@@ -835,16 +835,21 @@ def add_host(
     c = _ctx(ctx)
     c.require_running()
     result = hosts.add_host(c.settings(), name, c.cluster_file)
-    if as_json:
-        _print_json(asdict(result))
-        return
     member = (
         f"etcd member {result.etcd_member} added as a learner"
         if result.etcd_member
-        else ("no etcd member on it")
+        else "no etcd member on it"
     )
-    out.print(f"{name}: {member}; next:", highlight=False)
-    for step in result.next_steps:
+    _print_host_change(result, f"{name}: {member}", result.next_steps, as_json)
+
+
+def _print_host_change(result: Any, done: str, steps: list[str], as_json: bool) -> None:
+    """add-host / remove-host: what was done, then what to run on each host."""
+    if as_json:
+        _print_json(asdict(result))
+        return
+    out.print(f"{done}; next:", highlight=False)
+    for step in steps:
         out.print(f"  {step}", highlight=False)
 
 
@@ -868,17 +873,12 @@ def remove_host(
     c = _ctx(ctx)
     c.require_running()
     result = hosts.remove_host(c.settings(), name, c.cluster_file)
-    if as_json:
-        _print_json(asdict(result))
-        return
     member = (
         f"etcd member {result.etcd_member_removed} removed"
         if result.etcd_member_removed
         else "no etcd member to remove"
     )
-    out.print(f"{name}: {member}; next:", highlight=False)
-    for step in result.next_steps:
-        out.print(f"  {step}", highlight=False)
+    _print_host_change(result, f"{name}: {member}", result.next_steps, as_json)
 
 
 @app.command("remove-replica")
