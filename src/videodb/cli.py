@@ -42,6 +42,7 @@ from videodb.cluster import (
     topology,
 )
 from videodb.cluster.haproxy_stats import fetch_server_status, stats_url
+from videodb.cluster.tls import ca_material
 from videodb.config import LoadedSettings, Settings, default_config_file, load_settings, redacted
 from videodb.config_toml import render_config
 from videodb.errors import ConfigError, NotRunningError, VideoDBError
@@ -1025,9 +1026,19 @@ def cluster_init(
         bool,
         typer.Option("--force", help="Replace an existing bundle (locks out a running cluster)."),
     ] = False,
+    ca_cert: Annotated[
+        Path | None,
+        typer.Option("--ca-cert", help="Your own CA's certificate (PEM) instead of a new CA."),
+    ] = None,
+    ca_key: Annotated[
+        Path | None,
+        typer.Option("--ca-key", help="Its private key (PEM, unencrypted), with --ca-cert."),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Check a cluster file and make the cluster's shared secrets once, in FILE.secrets (0600).
+    """Check a cluster file and make the cluster's shared secrets once, in FILE.secrets (0600):
+    the superuser and Patroni REST API passwords, the application role's, and the cluster CA
+    (new, or yours with --ca-cert/--ca-key) that signs every host's certificates.
 
     Copy both files to every host, then run on each: platform.sh --cluster FILE --host NAME start
     video. The hosts may start in any order.
@@ -1035,7 +1046,8 @@ def cluster_init(
     bundle = bundle_path(file)
     loaded = load_settings(file, require_file=True, assignments=[f"secrets_bundle={bundle}"])
     hosts = loaded.settings.topology_hosts()
-    create_bundle(bundle, force=force)
+    ca = ca_material(loaded.settings.patroni.scope, ca_cert, ca_key)
+    create_bundle(bundle, ca, force=force)
     commands = [
         f"./scripts/platform.sh --cluster {file} --host {h.name} start video" for h in hosts
     ]

@@ -83,6 +83,14 @@ class HostSpec(_Strict):
         return self
 
 
+class TLSSpec(_Strict):
+    """Certificates of the cluster CA (cluster/tls.py)."""
+
+    # `status` warns when a certificate expires within this many days
+    warn_days: Annotated[int, Field(ge=1, le=3650)] = 30
+    host_cert_days: Annotated[int, Field(ge=1, le=3650)] = 825
+
+
 class EtcdSpec(_Strict):
     client_port: Port = 2379
     peer_port: Port = 2380
@@ -262,6 +270,7 @@ class Settings(_Strict):
     apps: AppsSpec = Field(default_factory=AppsSpec)
     backup: BackupSpec = Field(default_factory=BackupSpec)
     drill: DrillSpec = Field(default_factory=DrillSpec)
+    tls: TLSSpec = Field(default_factory=TLSSpec)
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
@@ -365,8 +374,18 @@ class Settings(_Strict):
     def etcd_hosts(self) -> list[HostSpec]:
         return [h for h in self.topology_hosts() if h.etcd]
 
+    def etcd_client_url(self, host: HostSpec) -> str:
+        """etcd's client URL on `host`: TLS with client certificates (cluster/tls.py)."""
+        return f"https://{host.address}:{self.etcd.client_port}"
+
     def etcd_client_urls(self) -> list[str]:
-        return [f"http://{h.address}:{self.etcd.client_port}" for h in self.etcd_hosts()]
+        return [self.etcd_client_url(h) for h in self.etcd_hosts()]
+
+    def postgres_tls_name(self) -> str:
+        """The DNS name in every PostgreSQL server certificate, whichever host or port a client
+        reaches it through (HAProxy passes TLS through): what `sslmode=verify-full` checks when
+        the client connects with host=<this name> hostaddr=<HAProxy's address>."""
+        return f"{self.patroni.scope}-postgres"
 
     def ports_on(self, host: HostSpec) -> dict[str, int]:
         """Every TCP port `host` listens on, by what listens there."""

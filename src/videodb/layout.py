@@ -149,6 +149,10 @@ class StateLayout:
         """What the applications run with (database password included): 0600."""
         return self.conf / "apps.json"
 
+    def app_password_file(self) -> Path:
+        """The application role's password(s), read at each new connection (0600)."""
+        return self.conf / "app-password"
+
     def supervisor_config(self) -> Path:
         return self.conf / "supervisord.conf"
 
@@ -174,6 +178,39 @@ class StateLayout:
 
     def pgpass(self) -> Path:
         return self.secrets / "pgpass"
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    root: Path
+
+    @property
+    def ca(self) -> Path:
+        return self.root / "ca.crt"
+
+    @property
+    def cert(self) -> Path:
+        return self.root / "host.crt"
+
+    @property
+    def key(self) -> Path:
+        return self.root / "host.key"
+
+    @property
+    def replicator_cert(self) -> Path:
+        return self.root / "replicator.crt"
+
+    @property
+    def replicator_key(self) -> Path:
+        return self.root / "replicator.key"
+
+    def leaves(self) -> list[tuple[Path, Path]]:
+        return [(self.cert, self.key), (self.replicator_cert, self.replicator_key)]
+
+
+def tls_files(layout: StateLayout) -> TLSFiles:
+    """This host's certificates (cluster/tls.py): conf/tls, 0700, the service user's."""
+    return TLSFiles(layout.conf / "tls")
 
 
 def resolve_layout(settings: Settings, home: Path | None = None) -> StateLayout:

@@ -15,14 +15,16 @@ from videodb.errors import ConfigError, NotRunningError
 from videodb.layout import StateLayout
 
 SUPERUSER_FILE = "superuser.password"
-REPLICATION_FILE = "replication.password"
 API_FILE = "patroni-api.password"
+APP_FILE = "app.password"  # the application role's, once 'rotate password app' made one
 
 
 @dataclass(frozen=True)
 class ClusterSecrets:
+    """The passwords of the superuser and of Patroni's REST API. The replication role has none:
+    it logs in with a client certificate (cluster/tls.py)."""
+
     superuser_password: str
-    replication_password: str
     api_password: str
 
     def __repr__(self) -> str:  # never leak a password through a log or a traceback
@@ -57,43 +59,83 @@ def bundle_path(cluster_file: Path) -> Path:
 
 
 @dataclass(frozen=True)
+class CAMaterial:
+    """The cluster CA as PEM text; `previous_pem` is the CA being replaced ('rotate ca'),
+    trusted until the rotation finishes."""
+
+    cert_pem: str
+    key_pem: str
+    previous_pem: str = ""
+
+    def __repr__(self) -> str:
+        return "CAMaterial(********)"
+
+    @property
+    def trust_pem(self) -> str:
+        return self.cert_pem + self.previous_pem
+
+
+@dataclass(frozen=True)
 class SecretsBundle:
     """The secrets every host of one cluster shares, in one 0600 JSON file to copy to each."""
 
     cluster: ClusterSecrets
     app_password: str
+    ca: CAMaterial | None = None
 
     def __repr__(self) -> str:
         return "SecretsBundle(********)"
 
+    def with_ca(self, ca: CAMaterial) -> SecretsBundle:
+        return SecretsBundle(self.cluster, self.app_password, ca)
 
-def create_bundle(path: Path, *, force: bool = False) -> SecretsBundle:
+    def with_passwords(
+        self, *, superuser: str | None = None, api: str | None = None, app: str | None = None
+    ) -> SecretsBundle:
+        cluster = ClusterSecrets(
+            superuser or self.cluster.superuser_password, api or self.cluster.api_password
+        )
+        return SecretsBundle(cluster, app or self.app_password, self.ca)
+
+
+def write_bundle(path: Path, bundle: SecretsBundle) -> None:
+    data: dict[str, str] = {
+        "superuser_password": bundle.cluster.superuser_password,
+        "api_password": bundle.cluster.api_password,
+        "app_password": bundle.app_password,
+    }
+    if bundle.ca is not None:
+        data.update(ca_cert=bundle.ca.cert_pem, ca_key=bundle.ca.key_pem)
+        if bundle.ca.previous_pem:
+            data["ca_previous"] = bundle.ca.previous_pem
+    write_private(path, json.dumps(data, indent=2) + "\n")
+
+
+def create_bundle(path: Path, ca: CAMaterial, *, force: bool = False) -> SecretsBundle:
     if path.exists() and not force:
         raise ConfigError(
             f"{path} exists already: this cluster's secrets were made before; copy that file to "
             "each host (making new ones would lock the running hosts out)"
         )
     bundle = SecretsBundle(
-        ClusterSecrets(*(secrets.token_urlsafe(32) for _ in range(3))), secrets.token_urlsafe(24)
+        ClusterSecrets(secrets.token_urlsafe(32), secrets.token_urlsafe(32)),
+        secrets.token_urlsafe(24),
+        ca,
     )
-    data = {
-        "superuser_password": bundle.cluster.superuser_password,
-        "replication_password": bundle.cluster.replication_password,
-        "api_password": bundle.cluster.api_password,
-        "app_password": bundle.app_password,
-    }
-    write_private(path, json.dumps(data, indent=2) + "\n")
+    write_bundle(path, bundle)
     return bundle
 
 
 def read_bundle(path: Path) -> SecretsBundle:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
+        ca = None
+        if data.get("ca_cert") and data.get("ca_key"):
+            ca = CAMaterial(data["ca_cert"], data["ca_key"], data.get("ca_previous", ""))
         return SecretsBundle(
-            ClusterSecrets(
-                data["superuser_password"], data["replication_password"], data["api_password"]
-            ),
+            ClusterSecrets(data["superuser_password"], data["api_password"]),
             data["app_password"],
+            ca,
         )
     except FileNotFoundError:
         raise ConfigError(
@@ -118,18 +160,22 @@ def with_bundle_password(loaded: LoadedSettings) -> LoadedSettings:
     return loaded
 
 
-def install_bundle(layout: StateLayout, bundle: SecretsBundle) -> None:
-    """Put the bundle's secrets in this state directory, refusing another cluster's secrets."""
+def install_bundle(layout: StateLayout, bundle: SecretsBundle, *, replace: bool = False) -> None:
+    """Put the bundle's secrets in this state directory, refusing another cluster's secrets
+    (unless `replace`: a rotated password, applied by 'rotate password')."""
     layout.secrets.mkdir(parents=True, exist_ok=True)
     os.chmod(layout.secrets, 0o700)
     wanted = {
         SUPERUSER_FILE: bundle.cluster.superuser_password,
-        REPLICATION_FILE: bundle.cluster.replication_password,
         API_FILE: bundle.cluster.api_password,
     }
     for name, value in wanted.items():
         path = layout.secret(name)
-        if path.exists() and path.read_text(encoding="utf-8").strip() not in ("", value):
+        if (
+            not replace
+            and path.exists()
+            and path.read_text(encoding="utf-8").strip() not in ("", value)
+        ):
             raise ConfigError(
                 f"{path} holds another cluster's secret than the bundle; this state directory "
                 "belongs to another cluster: use another --state-dir, or 'destroy' this one"
@@ -143,20 +189,19 @@ def ensure_secrets(layout: StateLayout) -> ClusterSecrets:
     os.chmod(layout.secrets, 0o700)
     return ClusterSecrets(
         superuser_password=_load_or_create(layout.secret(SUPERUSER_FILE)),
-        replication_password=_load_or_create(layout.secret(REPLICATION_FILE)),
         api_password=_load_or_create(layout.secret(API_FILE)),
     )
 
 
 def load_secrets(layout: StateLayout) -> ClusterSecrets:
-    files = [layout.secret(n) for n in (SUPERUSER_FILE, REPLICATION_FILE, API_FILE)]
+    files = [layout.secret(n) for n in (SUPERUSER_FILE, API_FILE)]
     if not all(f.exists() for f in files):
         raise NotRunningError(
             f"no cluster secrets under {layout.secrets}; start the platform first "
             "('platform.sh start video')"
         )
-    su, rep, api = (f.read_text(encoding="utf-8").strip() for f in files)
-    return ClusterSecrets(superuser_password=su, replication_password=rep, api_password=api)
+    su, api = (f.read_text(encoding="utf-8").strip() for f in files)
+    return ClusterSecrets(superuser_password=su, api_password=api)
 
 
 def write_pgpass(layout: StateLayout, host: str, superuser: str, password: str) -> Path:

@@ -21,7 +21,7 @@ from videodb.secrets import ClusterSecrets, with_bundle_password
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "cluster.toml"
 CLI = str(Path(sys.executable).parent / "videodb")
-SECRETS = ClusterSecrets("su", "rep", "api")
+SECRETS = ClusterSecrets("su", "api")
 TOOLS = render.Toolchain(
     patroni=Path("/venv/bin/patroni"),
     etcd=Path("/usr/bin/etcd"),
@@ -88,10 +88,10 @@ def test_a_cluster_needs_its_secrets_bundle() -> None:
 def test_each_host_renders_only_its_part_with_host_addresses() -> None:
     s = cluster("db1")
     etcd = render.etcd_command(s, LAYOUT, TOOLS)
-    assert "--advertise-client-urls=http://10.0.0.11:2379" in etcd
+    assert "--advertise-client-urls=https://10.0.0.11:2379" in etcd
     assert (
-        "--initial-cluster=video-etcd-db1=http://10.0.0.11:2380,"
-        "video-etcd-db2=http://10.0.0.12:2380,video-etcd-db3=http://10.0.0.13:2380"
+        "--initial-cluster=video-etcd-db1=https://10.0.0.11:2380,"
+        "video-etcd-db2=https://10.0.0.12:2380,video-etcd-db3=https://10.0.0.13:2380"
     ) in etcd
     patroni = render.patroni_config(s, LAYOUT, s.node("postgres-video-1"), SECRETS, TOOLS)
     assert patroni["postgresql"]["connect_address"] == "10.0.0.11:5433"
@@ -119,8 +119,11 @@ def test_the_application_host_runs_haproxy_over_every_node_and_the_apps() -> Non
 def test_pg_hba_admits_the_cluster_hosts_only() -> None:
     rules = render.pg_hba(cluster("db1"))
     for address in ("10.0.0.11", "10.0.0.12", "10.0.0.13", "10.0.0.21"):
-        assert f"host replication replicator {address}/32 scram-sha-256" in rules
-        assert f"host all all {address}/32 scram-sha-256" in rules
+        assert f"hostssl replication replicator {address}/32 cert" in rules
+        assert f"hostssl all all {address}/32 scram-sha-256" in rules
+    # nothing but loopback is admitted without TLS
+    plain = [r for r in rules if r.startswith("host ") and not r.endswith("reject")]
+    assert plain == ["host all all 127.0.0.1/32 scram-sha-256"]
     assert rules[-2:] == ["host all all 0.0.0.0/0 reject", "host all all ::/0 reject"]
     assert not any("md5" in r or "trust" in r for r in rules)
 

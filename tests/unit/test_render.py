@@ -14,7 +14,7 @@ from videodb.config import Settings, load_settings
 from videodb.layout import ServiceUser, StateLayout
 from videodb.secrets import ClusterSecrets
 
-SECRETS = ClusterSecrets("su-secret", "rep-secret", "api-secret")
+SECRETS = ClusterSecrets("su-secret", "api-secret")
 TOOLS = render.Toolchain(
     patroni=Path("/venv/bin/patroni"),
     etcd=Path("/usr/bin/etcd"),
@@ -55,26 +55,55 @@ def test_changed_parameters_reach_every_node() -> None:
         assert params["shared_buffers"] == "512MB"
 
 
-def test_pg_hba_allows_replication_to_replicator_only_and_uses_scram() -> None:
+def test_pg_hba_allows_replication_to_replicator_only_by_certificate() -> None:
     rules = render.pg_hba(Settings())
-    assert "host replication replicator 127.0.0.1/32 scram-sha-256" in rules
+    assert "hostssl replication replicator 127.0.0.1/32 cert" in rules
     assert all("trust" not in r and "md5" not in r for r in rules)
     reject = rules.index("host all replicator 0.0.0.0/0 reject")
     assert reject < rules.index("host all all 127.0.0.1/32 scram-sha-256")
+    # the replication role has no password line at all
     assert [r for r in rules if "replication" in r.split()[1]] == [rules[2]]
+
+
+def test_every_link_is_tls_verified_against_the_cluster_ca() -> None:
+    config = patroni()
+    tls = "/srv/state/conf/tls"
+    params = config["postgresql"]["parameters"]
+    assert params["ssl"] == "on" and params["ssl_min_protocol_version"] == "TLSv1.2"
+    assert params["ssl_ca_file"] == f"{tls}/ca.crt"
+    auth = config["postgresql"]["authentication"]
+    assert "password" not in auth["replication"]
+    assert auth["replication"]["sslcert"] == f"{tls}/replicator.crt"
+    for role in ("superuser", "replication", "rewind"):
+        assert auth[role]["sslmode"] == "verify-full"
+        assert auth[role]["sslrootcert"] == f"{tls}/ca.crt"
+    assert config["restapi"]["verify_client"] == "optional"
+    assert config["restapi"]["certfile"] == config["ctl"]["certfile"] == f"{tls}/host.crt"
+    assert config["ctl"]["insecure"] is False
+    assert config["etcd3"]["protocol"] == "https"
+    assert config["etcd3"]["cert"] == f"{tls}/host.crt"
+    haproxy = render.haproxy_config(Settings(), LAYOUT)
+    checks = [ln for ln in haproxy.splitlines() if "default-server" in ln]
+    assert checks and all(f"check-ssl verify required ca-file {tls}/ca.crt" in ln for ln in checks)
+    assert "verify none" not in haproxy
+    assert all(
+        "verifyhost local" in ln
+        for ln in haproxy.splitlines()
+        if ln.strip().startswith("server ") and "postgres" in ln
+    )
 
 
 def test_rendered_patroni_yaml_round_trips_and_holds_secrets_only_in_auth() -> None:
     text = render.render_patroni(patroni())
     assert yaml.safe_load(text) == patroni()
     config = yaml.safe_load(text)
-    for secret in ("su-secret", "rep-secret", "api-secret"):
+    for secret in ("su-secret", "api-secret"):
         assert secret in text  # each is rendered...
     # ...and only inside the authentication sections: without them, none is left.
     del config["restapi"]["authentication"]
     del config["postgresql"]["authentication"]
     rest = yaml.safe_dump(config)
-    for secret in ("su-secret", "rep-secret", "api-secret"):
+    for secret in ("su-secret", "api-secret"):
         assert secret not in rest, secret
 
 
@@ -142,8 +171,9 @@ def test_web_port_routes_by_path_and_method() -> None:
 
 def test_etcd_listens_on_loopback() -> None:
     argv = render.etcd_command(Settings(), LAYOUT, TOOLS)
-    assert "--listen-client-urls=http://127.0.0.1:2379" in argv
-    assert "--listen-peer-urls=http://127.0.0.1:2380" in argv
+    assert "--listen-client-urls=https://127.0.0.1:2379" in argv
+    assert "--listen-peer-urls=https://127.0.0.1:2380" in argv
+    assert "--client-cert-auth" in argv and "--peer-client-cert-auth" in argv
 
 
 def test_slot_names_follow_patroni() -> None:

@@ -9,32 +9,19 @@ import os
 import re
 import shutil
 import subprocess
-from pathlib import Path
 
 from videodb.backup_repo import BackupInfo, new_id, now_iso, ready_repo, tree_size
 from videodb.backups.progress import Meter, Progress, quiet
 from videodb.cluster.patroni_api import PatroniAPI
 from videodb.config import Settings
 from videodb.errors import ClusterError
-from videodb.layout import ServiceUser, StateLayout, as_user, service_user
+from videodb.layout import StateLayout, as_user, service_user, tls_files
 from videodb.runner import LONG_TOOL_S, deadline, tool_env
-from videodb.secrets import ClusterSecrets, write_private
+from videodb.secrets import ClusterSecrets
 
 log = logging.getLogger(__name__)
 
 _PROGRESS = re.compile(rb"(\d+)/(\d+) kB")
-
-
-def replication_passfile(
-    settings: Settings, layout: StateLayout, secrets: ClusterSecrets, user: ServiceUser
-) -> Path:
-    """A pgpass the service user can read, for the replication role."""
-    path = layout.service_run / "pgpass-backup"
-    db = settings.database
-    write_private(path, f"*:*:*:{db.replication_user}:{secrets.replication_password}\n")
-    if not user.is_current:
-        os.chown(path, user.uid, user.gid)
-    return path
 
 
 def run_with_progress(argv: list[str], meter: Meter) -> tuple[int, str]:
@@ -69,10 +56,12 @@ def take_base_backup(
     repo = ready_repo(settings, layout, user)
     backup_id = new_id("physical")
     target = repo.base / backup_id
-    passfile = replication_passfile(settings, layout, secrets, user)
+    tls = tls_files(layout)
+    # The replication role's client certificate (it has no password), the server verified.
     conninfo = (
         f"host={settings.node_address(primary)} port={primary.port} "
-        f"user={settings.database.replication_user} passfile={passfile}"
+        f"user={settings.database.replication_user} sslmode=verify-full "
+        f"sslrootcert={tls.ca} sslcert={tls.replicator_cert} sslkey={tls.replicator_key}"
     )
     argv = [
         str(settings.postgresql.bin_dir / "pg_basebackup"),

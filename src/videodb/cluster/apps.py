@@ -62,10 +62,13 @@ def write_app_files(settings: Settings, layout: StateLayout, user: ServiceUser) 
                 f"video storage {directory} cannot be prepared for the '{user.name}' user "
                 f"({exc.strerror}); choose another with --set apps.storage_dir=PATH"
             ) from exc
-    path = layout.apps_config()
-    write_private(path, config.to_json())
-    if not user.is_current:
-        os.chown(path, user.uid, user.gid)
+    for path, text in (
+        (layout.apps_config(), config.to_json()),
+        (layout.app_password_file(), config.datasource.password.get_secret_value() + "\n"),
+    ):
+        write_private(path, text)
+        if not user.is_current:
+            os.chown(path, user.uid, user.gid)
     return config
 
 

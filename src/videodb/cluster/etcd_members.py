@@ -8,6 +8,7 @@ it is in sync.
 from __future__ import annotations
 
 import json
+import ssl
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from typing import Any
 
 from videodb.cluster.health import etcd_member_healthy
 from videodb.cluster.render import etcd_member_name, etcd_peer_url
+from videodb.cluster.tls import client_context
 from videodb.config import HostSpec, Settings
 from videodb.errors import ClusterError
 from videodb.waiting import wait_for
@@ -30,7 +32,16 @@ class EtcdMember:
     learner: bool
 
 
-def _post(url: str, path: str, payload: dict[str, Any], timeout: float = 5.0) -> Any:
+@dataclass(frozen=True)
+class Endpoint:
+    """One member's client URL, and the TLS context (cluster CA, this host's certificate)."""
+
+    url: str
+    context: ssl.SSLContext
+
+
+def _post(endpoint: Endpoint, path: str, payload: dict[str, Any], timeout: float = 5.0) -> Any:
+    url = endpoint.url
     request = urllib.request.Request(
         f"{url}{path}",
         data=json.dumps(payload).encode(),
@@ -38,7 +49,7 @@ def _post(url: str, path: str, payload: dict[str, Any], timeout: float = 5.0) ->
         headers={"Content-Type": "application/json"},
     )
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as resp:
+        with urllib.request.urlopen(request, timeout=timeout, context=endpoint.context) as resp:
             return json.loads(resp.read() or b"{}")
     except urllib.error.HTTPError as exc:
         detail = exc.read().decode(errors="replace").strip()
@@ -47,21 +58,22 @@ def _post(url: str, path: str, payload: dict[str, Any], timeout: float = 5.0) ->
         raise ClusterError(f"etcd at {url} is not reachable ({exc})") from exc
 
 
-def healthy_member_url(settings: Settings, exclude: str | None = None) -> str:
-    """The client URL of an etcd member that answers with a quorum (not `exclude`'s)."""
+def healthy_member(settings: Settings, exclude: str | None = None) -> Endpoint:
+    """An etcd member that answers with a quorum (not `exclude`'s)."""
+    context = client_context(settings)
     for host in settings.etcd_hosts():
         if host.name == exclude:
             continue
-        url = f"http://{host.address}:{settings.etcd.client_port}"
-        if etcd_member_healthy(url):
-            return url
+        url = settings.etcd_client_url(host)
+        if etcd_member_healthy(url, context):
+            return Endpoint(url, context)
     raise ClusterError(
         "no etcd member of the cluster answers with a quorum; start the etcd hosts first "
         "('platform.sh --cluster FILE --host NAME start video' on each)"
     )
 
 
-def members(url: str) -> list[EtcdMember]:
+def members(url: Endpoint) -> list[EtcdMember]:
     doc = _post(url, "/v3/cluster/member/list", {})
     return [
         EtcdMember(
@@ -81,7 +93,7 @@ def member_for(settings: Settings, host: HostSpec, listed: list[EtcdMember]) -> 
 
 def add_learner(settings: Settings, host: HostSpec) -> EtcdMember:
     """Register `host`'s etcd member as a learner (nothing to do if it is a member already)."""
-    url = healthy_member_url(settings, exclude=host.name)
+    url = healthy_member(settings, exclude=host.name)
     existing = member_for(settings, host, members(url))
     if existing is not None:
         return existing
@@ -108,7 +120,7 @@ def add_learner(settings: Settings, host: HostSpec) -> EtcdMember:
     return EtcdMember(str(added.get("ID", "")), "", (etcd_peer_url(settings, host),), True)
 
 
-def promote(url: str, member: EtcdMember) -> bool:
+def promote(url: Endpoint, member: EtcdMember) -> bool:
     """Promote a learner; False while etcd says it is not in sync with the leader yet."""
     try:
         _post(url, "/v3/cluster/member/promote", {"ID": member.id})
@@ -119,7 +131,7 @@ def promote(url: str, member: EtcdMember) -> bool:
     return True
 
 
-def remove(url: str, member: EtcdMember) -> None:
+def remove(url: Endpoint, member: EtcdMember) -> None:
     _post(url, "/v3/cluster/member/remove", {"ID": member.id})
 
 

@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import json
+import ssl
 import urllib.request
 from dataclasses import dataclass, field
 
 from videodb.cluster.haproxy_stats import ServerStatus, fetch_server_status
 from videodb.cluster.patroni_api import MemberStatus, PatroniAPI, Role
 from videodb.cluster.render import READ_BACKEND, WRITE_BACKEND
+from videodb.cluster.tls import client_context
 from videodb.config import Settings
 from videodb.errors import NotRunningError
 
 
-def etcd_member_healthy(url: str, timeout: float = 1.0) -> bool:
+def etcd_member_healthy(url: str, context: ssl.SSLContext, timeout: float = 1.0) -> bool:
     """One member's /health: true only while the cluster has a quorum and a leader."""
     try:
-        with urllib.request.urlopen(f"{url}/health", timeout=timeout) as resp:
+        with urllib.request.urlopen(f"{url}/health", timeout=timeout, context=context) as resp:
             return bool(json.loads(resp.read()).get("health") == "true")
     except (OSError, ValueError):
         return False
@@ -27,8 +29,9 @@ def etcd_healthy(settings: Settings, timeout: float = 1.0) -> bool:
     this = settings.this_host()
     urls = settings.etcd_client_urls()
     if this.etcd:
-        urls = [f"http://{this.address}:{settings.etcd.client_port}"]
-    return any(etcd_member_healthy(url, timeout) for url in urls)
+        urls = [settings.etcd_client_url(this)]
+    context = client_context(settings)
+    return any(etcd_member_healthy(url, context, timeout) for url in urls)
 
 
 @dataclass

@@ -41,7 +41,7 @@ class EtcdJoin:
 
     initial_cluster: str
     member: etcd_members.EtcdMember
-    via: str  # the client URL of a member that has a quorum
+    via: etcd_members.Endpoint  # a member that has a quorum
 
 
 def etcd_join(settings: Settings, layout: StateLayout) -> EtcdJoin | None:
@@ -51,7 +51,7 @@ def etcd_join(settings: Settings, layout: StateLayout) -> EtcdJoin | None:
     if not this.etcd or len(settings.etcd_hosts()) < 2 or (layout.etcd_data() / "member").exists():
         return None
     try:
-        url = etcd_members.healthy_member_url(settings, exclude=this.name)
+        url = etcd_members.healthy_member(settings, exclude=this.name)
     except ClusterError:
         return None  # no quorum elsewhere yet: the cluster is being created, all members new
     listed = etcd_members.members(url)
@@ -179,7 +179,7 @@ def remove_host(settings: Settings, name: str, cluster_file: Path | None) -> Rem
         )
     removed = None
     if host.etcd:
-        url = etcd_members.healthy_member_url(settings, exclude=name)
+        url = etcd_members.healthy_member(settings, exclude=name)
         member = etcd_members.member_for(settings, host, etcd_members.members(url))
         if member is not None:
             etcd_members.remove(url, member)

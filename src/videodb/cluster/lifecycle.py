@@ -29,6 +29,7 @@ from videodb.cluster.supervisor import (
     stop_supervisord,
     supervisord_pid,
 )
+from videodb.cluster.tls import client_context
 from videodb.config import Settings
 from videodb.errors import ClusterError, TimeoutExpired
 from videodb.layout import StateLayout, service_user
@@ -111,7 +112,7 @@ def start(
         progress(f"joining the running etcd cluster ({join.initial_cluster})")
     progress(f"writing configuration under {layout.root}")
     secrets = prepare_state(
-        settings, layout, user, tools, held_back, join.initial_cluster if join else None
+        settings, layout, user, tools, held_back, join.initial_cluster if join else None, progress
     )
     validate_haproxy(tools, layout)
     progress(f"starting supervisord ({', '.join(_parts(settings))})")
@@ -184,7 +185,8 @@ def _wait_cluster(
         progress("waiting for etcd")
 
     def etcd_waiting() -> None:
-        up = [u for u in settings.etcd_client_urls() if etcd_member_healthy(u, 0.5)]
+        context = client_context(settings)
+        up = [u for u in settings.etcd_client_urls() if etcd_member_healthy(u, context, 0.5)]
         progress(f"still waiting for an etcd quorum: {len(up)} of {len(etcd_hosts)} answer")
 
     wait_for(

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from videodb.cluster.tls import client_context
 from videodb.config import NodeSpec, Settings
 from videodb.errors import ClusterError
 
@@ -60,12 +61,15 @@ class PatroniAPI:
         )
 
     def _url(self, node: NodeSpec, path: str) -> str:
-        return f"http://{self.settings.node_address(node)}:{node.api_port}{path}"
+        return f"https://{self.settings.node_address(node)}:{node.api_port}{path}"
 
     def get(self, node: NodeSpec, path: str, timeout: float = 2.0) -> tuple[int, Any]:
         """GET a JSON document; Patroni answers health endpoints with 503 and a body."""
+        context = client_context(self.settings)
         try:
-            with urllib.request.urlopen(self._url(node, path), timeout=timeout) as resp:
+            with urllib.request.urlopen(
+                self._url(node, path), timeout=timeout, context=context
+            ) as resp:
                 return resp.status, json.loads(resp.read() or b"null")
         except urllib.error.HTTPError as exc:
             body = exc.read()
@@ -102,7 +106,9 @@ class PatroniAPI:
         if self._auth:
             request.add_header("Authorization", self._auth)
         try:
-            with urllib.request.urlopen(request, timeout=timeout) as resp:
+            with urllib.request.urlopen(
+                request, timeout=timeout, context=client_context(self.settings)
+            ) as resp:
                 return str(resp.read().decode(errors="replace"))
         except urllib.error.HTTPError as exc:
             detail = exc.read().decode(errors="replace").strip()

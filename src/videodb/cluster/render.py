@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 from videodb.config import HostSpec, NodeSpec, Settings
-from videodb.layout import ServiceUser, StateLayout
+from videodb.layout import ServiceUser, StateLayout, TLSFiles, tls_files
 from videodb.secrets import ClusterSecrets
 from videodb.wal_archive import archive_parameters
 
@@ -49,6 +49,13 @@ LINK_TIMEOUTS: dict[str, Any] = {
 }
 
 
+ETCD_CIPHERS = (
+    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305",
+)
+
+
 @dataclass(frozen=True)
 class Toolchain:
     """Absolute paths of the executables the generated configs name."""
@@ -65,25 +72,41 @@ def _cidr(address: str) -> str:
 
 
 def pg_hba(settings: Settings) -> list[str]:
-    """Password (scram-sha-256) from the cluster's own hosts only; everything else rejected.
+    """Only the cluster's own hosts, over TLS (`hostssl`: plaintext from another host matches no
+    line and is refused); everything else rejected. Loopback may skip TLS (local tools).
 
-    Replication is open to the replication role only, and that role is refused every ordinary
-    database, so it cannot read application data. Patroni writes this at every start and reload.
+    Replication is open to the replication role only, with a client certificate (`cert`: its CN
+    is the role; the role has no password), and that role is refused every ordinary database, so
+    it cannot read application data. Patroni writes this at every start and reload.
     """
     db = settings.database
-    sources = ["127.0.0.1/32"]
-    sources += [
-        c for c in (_cidr(h.address) for h in settings.topology_hosts()) if c not in sources
-    ]
+    loopback = "127.0.0.1/32"
+    remote = [c for c in (_cidr(h.address) for h in settings.topology_hosts()) if c != loopback]
     return [
         f"local all {db.replication_user} reject",
         "local all all scram-sha-256",
-        *(f"host replication {db.replication_user} {s} scram-sha-256" for s in sources),
+        *(f"hostssl replication {db.replication_user} {s} cert" for s in [loopback, *remote]),
         f"host all {db.replication_user} 0.0.0.0/0 reject",
-        *(f"host all all {s} scram-sha-256" for s in sources),
+        f"host all all {loopback} scram-sha-256",
+        *(f"hostssl all all {s} scram-sha-256" for s in remote),
         "host all all 0.0.0.0/0 reject",
         "host all all ::/0 reject",
     ]
+
+
+def postgres_tls_parameters(files: TLSFiles) -> dict[str, Any]:
+    """TLS 1.2 at least; certificate and key reloaded with the configuration (SIGHUP)."""
+    return {
+        "ssl": "on",
+        "ssl_cert_file": str(files.cert),
+        "ssl_key_file": str(files.key),
+        "ssl_ca_file": str(files.ca),
+        "ssl_min_protocol_version": "TLSv1.2",
+    }
+
+
+def verify_full(files: TLSFiles) -> dict[str, str]:
+    return {"sslmode": "verify-full", "sslrootcert": str(files.ca)}
 
 
 def _listen(address: str, port: int) -> str:
@@ -103,6 +126,7 @@ def patroni_config(
     host = settings.node_address(node)
     p = settings.patroni
     db = settings.database
+    tls = tls_files(layout)
     # Local parameters take precedence over Patroni's dynamic (DCS) configuration and are
     # re-rendered at every start, so a changed config/platform.toml applies on restart.
     local_parameters: dict[str, Any] = {
@@ -120,6 +144,7 @@ def patroni_config(
         "log_file_mode": "0640",
         "log_line_prefix": "%m [%p] %q%u@%d ",
         "log_connections": "on",
+        **postgres_tls_parameters(tls),
         **archive_parameters(layout.archive_script(), settings.backup.archive_timeout_s),
     }
     return {
@@ -131,9 +156,27 @@ def patroni_config(
             "listen": f"{host}:{node.api_port}",
             "connect_address": f"{host}:{node.api_port}",
             "authentication": {"username": "patroni", "password": secrets.api_password},
+            # HTTPS; the unsafe endpoints (POST, PATCH...) want a client certificate from the
+            # cluster CA as well as the password; health checks (GET) need none.
+            "certfile": str(tls.cert),
+            "keyfile": str(tls.key),
+            "cafile": str(tls.ca),
+            "verify_client": "optional",
+        },
+        # How this Patroni calls the other members (failsafe, pre-promotion checks): verified,
+        # with its own certificate.
+        "ctl": {
+            "insecure": False,
+            "certfile": str(tls.cert),
+            "keyfile": str(tls.key),
+            "cacert": str(tls.ca),
         },
         "etcd3": {
-            "hosts": [f"{h.address}:{settings.etcd.client_port}" for h in settings.etcd_hosts()]
+            "hosts": [f"{h.address}:{settings.etcd.client_port}" for h in settings.etcd_hosts()],
+            "protocol": "https",
+            "cacert": str(tls.ca),
+            "cert": str(tls.cert),
+            "key": str(tls.key),
         },
         "bootstrap": {
             "dcs": {
@@ -153,12 +196,22 @@ def patroni_config(
             "bin_dir": str(tools.pg_bin),
             "pgpass": str(layout.service_run / f"pgpass-{node.name}"),
             "authentication": {
-                "superuser": {"username": db.superuser, "password": secrets.superuser_password},
+                "superuser": {
+                    "username": db.superuser,
+                    "password": secrets.superuser_password,
+                    **verify_full(tls),
+                },
                 "replication": {
                     "username": db.replication_user,
-                    "password": secrets.replication_password,
+                    **verify_full(tls),
+                    "sslcert": str(tls.replicator_cert),
+                    "sslkey": str(tls.replicator_key),
                 },
-                "rewind": {"username": db.superuser, "password": secrets.superuser_password},
+                "rewind": {
+                    "username": db.superuser,
+                    "password": secrets.superuser_password,
+                    **verify_full(tls),
+                },
             },
             "parameters": local_parameters,
             "pg_hba": pg_hba(settings),
@@ -227,10 +280,13 @@ def haproxy_config(settings: Settings, layout: StateLayout) -> str:
     """
     h = settings.haproxy
     host = settings.address
+    # Health checks over HTTPS to Patroni, verified against the cluster CA and the node's host
+    # name. No `ssl` on the servers: PostgreSQL's own TLS passes through the TCP proxy untouched.
     server_opts = (
         f"check inter {h.check_interval_ms}ms fastinter {h.fast_interval_ms}ms "
         f"downinter {h.fast_interval_ms}ms rise {h.rise} fall {h.fall} "
-        "on-marked-down shutdown-sessions observe layer4 error-limit 1 on-error fastinter"
+        "on-marked-down shutdown-sessions observe layer4 error-limit 1 on-error fastinter "
+        f"check-ssl verify required ca-file {tls_files(layout).ca}"
     )
 
     def backend(name: str, port: int, check_path: str, balance: str) -> list[str]:
@@ -243,7 +299,8 @@ def haproxy_config(settings: Settings, layout: StateLayout) -> str:
             f"    default-server {server_opts}",
         ]
         lines += [
-            f"    server {n.name} {settings.node_address(n)}:{n.port} check port {n.api_port}"
+            f"    server {n.name} {settings.node_address(n)}:{n.port} check port {n.api_port} "
+            f"verifyhost {settings.node_host(n).name}"
             for n in settings.nodes
         ]
         return [*lines, ""]
@@ -333,7 +390,7 @@ def etcd_member_name(settings: Settings, host: HostSpec) -> str:
 
 
 def etcd_peer_url(settings: Settings, host: HostSpec) -> str:
-    return f"http://{host.address}:{settings.etcd.peer_port}"
+    return f"https://{host.address}:{settings.etcd.peer_port}"
 
 
 def etcd_command(
@@ -344,10 +401,11 @@ def etcd_command(
     this = settings.this_host()
     e = settings.etcd
     peer = etcd_peer_url(settings, this)
-    client = f"http://{this.address}:{e.client_port}"
+    client = settings.etcd_client_url(this)
     listen_client = client
     if not ipaddress.ip_address(this.address).is_loopback:
-        listen_client += f",http://127.0.0.1:{e.client_port}"
+        listen_client += f",https://127.0.0.1:{e.client_port}"
+    tls = tls_files(layout)
     members = ",".join(
         f"{etcd_member_name(settings, h)}={etcd_peer_url(settings, h)}"
         for h in settings.etcd_hosts()
@@ -363,6 +421,18 @@ def etcd_command(
         f"--initial-cluster={join or members}",
         f"--initial-cluster-state={'existing' if join else 'new'}",
         f"--initial-cluster-token={settings.patroni.scope}-{e.client_port}",
+        # TLS both ways, client certificates from the cluster CA required (read at each new
+        # connection, so 'rotate certs' needs no restart).
+        f"--cert-file={tls.cert}",
+        f"--key-file={tls.key}",
+        f"--trusted-ca-file={tls.ca}",
+        "--client-cert-auth",
+        f"--peer-cert-file={tls.cert}",
+        f"--peer-key-file={tls.key}",
+        f"--peer-trusted-ca-file={tls.ca}",
+        "--peer-client-cert-auth",
+        # TLS 1.2 suites only (etcd 3.4 has no minimum-version flag; TLS 1.3 stays allowed)
+        f"--cipher-suites={','.join(ETCD_CIPHERS)}",
         "--enable-v2=false",
         "--listen-metrics-urls=",
         "--logger=zap",

@@ -4,10 +4,12 @@ the archive script, secrets and the directories the servers write, all from the 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from videodb.backup_repo import ready_repo, repo_for
 from videodb.cluster import render
+from videodb.cluster.tls import ensure_host_certs
 from videodb.config import Settings
 from videodb.errors import ClusterError
 from videodb.layout import ServiceUser, StateLayout
@@ -69,6 +71,7 @@ def prepare_state(
     tools: render.Toolchain,
     held_back: frozenset[str] = frozenset(),
     etcd_join: str | None = None,
+    progress: Callable[[str], None] = lambda _: None,
 ) -> ClusterSecrets:
     """Create the directories and (re)write every generated file from the settings."""
     layout.root.mkdir(parents=True, exist_ok=True)
@@ -95,6 +98,7 @@ def prepare_state(
     if settings.secrets_bundle is not None:
         install_bundle(layout, read_bundle(settings.secrets_bundle))
     secrets = ensure_secrets(layout)
+    ensure_host_certs(settings, layout, user, progress)
     write_pgpass(layout, "*", settings.database.superuser, secrets.superuser_password)
     for node in settings.local_nodes():
         config = render.patroni_config(settings, layout, node, secrets, tools)

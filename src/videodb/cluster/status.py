@@ -20,6 +20,7 @@ from videodb.cluster.patroni_api import MemberStatus, PatroniAPI, Role
 from videodb.cluster.postmaster import postmaster_pid
 from videodb.cluster.render import ETCD_PROGRAM, HAPROXY_PROGRAM
 from videodb.cluster.supervisor import ProgramStatus, Supervisor, supervisord_pid
+from videodb.cluster.tls import client_context
 from videodb.config import HostSpec, NodeSpec, Settings
 from videodb.errors import NotRunningError
 from videodb.layout import StateLayout
@@ -121,8 +122,8 @@ def _etcd(
 ) -> ServiceStatus:
     state, pid = _program(programs, ETCD_PROGRAM)
     asked = state in ("RUNNING", REMOTE)
-    url = f"http://{host.address}:{settings.etcd.client_port}"
-    ok = etcd_member_healthy(url) if asked else False
+    url = settings.etcd_client_url(host)
+    ok = etcd_member_healthy(url, client_context(settings)) if asked else False
     if ok:
         detail = ""
     elif not asked:

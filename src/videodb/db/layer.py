@@ -8,6 +8,8 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
 from typing import Any, TypeVar
 
 import psycopg
@@ -124,6 +126,28 @@ def _refuse_flush(session: Session, *_: Any) -> None:
         )
 
 
+def connect_with_password_file(
+    path: Path, dialect: Any, _record: Any, cargs: Any, cparams: dict[str, Any]
+) -> Any:
+    """Connect with the passwords in `path`, in order, moving on only when one is refused:
+    during 'rotate password app' the file holds the new password and the old one."""
+    try:
+        passwords = [p for p in path.read_text(encoding="utf-8").splitlines() if p]
+    except OSError as exc:
+        raise psycopg.OperationalError(
+            f"the application password file {path} cannot be read ({exc.strerror})"
+        ) from exc
+    for index, password in enumerate(passwords):
+        cparams["password"] = password
+        try:
+            return dialect.connect(*cargs, **cparams)
+        except psycopg.OperationalError as exc:
+            refused = exc.sqlstate == "28P01" or "password authentication failed" in str(exc)
+            if not refused or index == len(passwords) - 1:
+                raise
+    return dialect.connect(*cargs, **cparams)
+
+
 class DataLayer:
     """A writer engine and a reader engine (SQLAlchemy 2 on psycopg 3), like the guide's two
     datasources, with read-your-writes tokens, staleness bounds and failover-safe retries."""
@@ -159,22 +183,31 @@ class DataLayer:
             "postgresql+psycopg",
             username=s.username,
             password=s.password.get_secret_value(),
-            host=s.host,
+            host=s.tls_name or s.host,
             port=port,
             database=s.dbname,
         )
-        return create_engine(
+        connect_args: dict[str, Any] = {
+            "connect_timeout": s.connect_timeout_s,
+            "application_name": f"videodb-{name}",
+            "sslmode": s.sslmode,
+        }
+        if s.tls_name:
+            connect_args["hostaddr"] = s.host  # connect there, verify the certificate's name
+        if s.sslrootcert is not None:
+            connect_args["sslrootcert"] = str(s.sslrootcert)
+        engine = create_engine(
             url,
             pool_size=pool_size,
             max_overflow=0,
             pool_timeout=10,
             pool_recycle=1800,
-            connect_args={
-                "connect_timeout": s.connect_timeout_s,
-                "application_name": f"videodb-{name}",
-            },
+            connect_args=connect_args,
             **options,
         )
+        if s.password_file is not None:
+            event.listen(engine, "do_connect", partial(connect_with_password_file, s.password_file))
+        return engine
 
     @staticmethod
     def _retire_on_role_change(context: ExceptionContext) -> None:

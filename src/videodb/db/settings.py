@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from videodb.config import DEV_APP_PASSWORD, Settings
 from videodb.errors import ConfigError
+from videodb.layout import resolve_layout, tls_files
 
 Profile = Literal["development", "replica"]
 
@@ -29,6 +31,15 @@ class DataSourceSettings(BaseModel):
     dbname: str = "video_platform"
     username: str = "upload_user"
     password: SecretStr = SecretStr(DEV_APP_PASSWORD)
+    # Read at every new connection when set (one password a line, tried in order: during
+    # 'rotate password app' it holds the new and the old), so a rotation needs no restart.
+    password_file: Path | None = None
+    # TLS: the platform sets verify-full against its CA. `tls_name` is the name the server
+    # certificate must hold when `host` is an address (HAProxy's): libpq connects to hostaddr=host
+    # and verifies host=tls_name.
+    sslmode: Literal["disable", "prefer", "require", "verify-ca", "verify-full"] = "prefer"
+    sslrootcert: Path | None = None
+    tls_name: str | None = None
     writer_pool_size: Annotated[int, Field(ge=1, le=500)] = 10
     reader_pool_size: Annotated[int, Field(ge=1, le=500)] = 15
     min_idle: Annotated[int, Field(ge=0, le=500)] = 5
@@ -53,6 +64,9 @@ class DataSourceSettings(BaseModel):
             "dbname": db.name,
             "username": db.app_user,
             "password": db.app_password,
+            "sslmode": "verify-full",
+            "sslrootcert": tls_files(resolve_layout(settings)).ca,
+            "tls_name": settings.postgres_tls_name(),
         }
         values.update(overrides)
         return cls.model_validate(values)

@@ -39,7 +39,9 @@ class AppConfig(BaseModel):
             host=settings.address,
             ports=a.service_ports(),
             web_port=a.web_port,
-            datasource=DataSourceSettings.for_platform(settings),
+            datasource=DataSourceSettings.for_platform(
+                settings, password_file=layout.app_password_file()
+            ),
             storage_dir=storage_dir(settings, layout),
             max_upload_bytes=a.max_upload_mb * 1024 * 1024,
             view_flush_s=a.view_flush_s,
