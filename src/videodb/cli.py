@@ -37,6 +37,7 @@ from videodb.cluster import (
     lifecycle,
     promote,
     replication,
+    rotate,
     status,
     tools,
     topology,
@@ -495,6 +496,22 @@ def status_cmd(ctx: typer.Context, as_json: JsonOpt = False) -> None:
         _print_json(report.as_dict())
     else:
         out.print(render_text.status_table(report))
+        if report.certificates:
+            out.print(render_text.certificate_table(report))
+        for cert in report.certificates:
+            days = float(cert["days_left"])
+            if days <= 0:
+                err.print(
+                    f"[red]expired:[/] {cert['file']} ({cert['subject']}); make new ones with "
+                    "'platform.sh rotate certs' (the CA: 'rotate ca')",
+                    highlight=False,
+                )
+            elif cert["warning"]:
+                err.print(
+                    f"[yellow]warning:[/] {cert['file']} ({cert['subject']}) expires in "
+                    f"{days:.0f} days; 'platform.sh rotate certs' (the CA: 'rotate ca')",
+                    highlight=False,
+                )
     if not report.running:
         raise typer.Exit(3)
     if not report.healthy:
@@ -1002,6 +1019,102 @@ def backup_video(
             f"{info.id}  {info.kind}  {size(info.size_bytes)} from {info.source}  {path}",
             highlight=False,
         )
+
+
+rotate_app = typer.Typer(
+    help="Replace credentials on the running platform with no restart and no failed request: "
+    "this host's certificates, the cluster CA, or a password.",
+    no_args_is_help=True,
+)
+app.add_typer(rotate_app, name="rotate")
+
+
+def _print_rotation(result: rotate.RotationResult, as_json: bool) -> None:
+    if as_json:
+        _print_json(result.to_json())
+        return
+    out.print(f"rotated {result.what} in {result.elapsed_s:.1f} s:", highlight=False)
+    for step in result.steps:
+        out.print(f"  {step}", highlight=False)
+    for step in result.next_steps:
+        out.print(f"next: {step}", highlight=False)
+
+
+@rotate_app.command("certs", epilog=examples("platform.sh rotate certs"))
+@mutating
+def rotate_certs(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """New keys and certificates for this host from the same CA. PostgreSQL, Patroni and etcd
+    take them without a restart; waits until each serves the new certificate."""
+    c = _ctx(ctx)
+    _print_rotation(rotate.rotate_certs(c.settings(), c.layout(), _progress(as_json)), as_json)
+
+
+@rotate_app.command(
+    "ca",
+    epilog=examples(
+        "platform.sh rotate ca                        # one host: every phase",
+        "platform.sh --cluster c.toml --host db1 rotate ca --phase trust   # then copy",
+        "   c.toml.secrets to the other hosts; --phase trust on each; --phase reissue on",
+        "   each; --phase finish on each",
+    ),
+)
+@mutating
+def rotate_ca(
+    ctx: typer.Context,
+    phase: Annotated[
+        rotate.CAPhase | None,
+        typer.Option(
+            "--phase",
+            help="trust, reissue or finish (across hosts: each on every host, in this order).",
+        ),
+    ] = None,
+    ca_cert: Annotated[
+        Path | None,
+        typer.Option("--ca-cert", help="Your own new CA's certificate (PEM) instead of a new CA."),
+    ] = None,
+    ca_key: Annotated[
+        Path | None, typer.Option("--ca-key", help="Its private key (PEM), with --ca-cert.")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Replace the cluster CA: trust the new one beside the old, re-sign every certificate with
+    it, then drop the old one. etcd members restart one at a time (they read CAs only at start);
+    PostgreSQL and Patroni reload."""
+    c = _ctx(ctx)
+    settings = c.settings()
+    own = ca_material(settings.patroni.scope, ca_cert, ca_key) if ca_cert or ca_key else None
+    result = rotate.rotate_ca(settings, c.layout(), _progress(as_json), phase, own)
+    _print_rotation(result, as_json)
+
+
+@rotate_app.command(
+    "password",
+    epilog=examples(
+        "platform.sh rotate password app",
+        "platform.sh rotate password superuser --json",
+    ),
+)
+@mutating
+def rotate_password(
+    ctx: typer.Context,
+    which: Annotated[
+        rotate.PasswordKind,
+        typer.Argument(
+            metavar="app|superuser|patroni-api",
+            help="The application role's, the PostgreSQL superuser's, or Patroni's REST API's.",
+        ),
+    ],
+    as_json: JsonOpt = False,
+) -> None:
+    """A new password, stored first, then applied to the server and every consumer on this host
+    (the applications read theirs at each new connection: no restart, no failed request). At
+    the end the old password is refused, and this is checked."""
+    c = _ctx(ctx)
+    c.require_running()
+    loaded = c.loaded()
+    loaded.settings = c.settings()
+    result = rotate.rotate_password(loaded, c.layout(), which, _progress(as_json))
+    _print_rotation(result, as_json)
 
 
 backup_app = typer.Typer(help="The backup repository: list, verify, prune.", no_args_is_help=True)

@@ -59,6 +59,22 @@ def status_table(report: PlatformStatus) -> Table:
     return table
 
 
+def certificate_table(report: PlatformStatus) -> Table:
+    table = Table(title="certificates on this host", title_justify="left")
+    for column in ("file", "for", "subject", "expires (UTC)", "days left"):
+        table.add_column(column)
+    for c in report.certificates:
+        days = float(c["days_left"])
+        left = f"{days:.0f}"
+        if days <= 0:
+            left = "[red]EXPIRED[/]"
+        elif c["warning"]:
+            left = f"[yellow]{left}[/]"
+        expires = str(c["not_after"])[:16].replace("T", " ")
+        table.add_row(str(c["file"]), str(c["role"]), str(c["subject"]), expires, left)
+    return table
+
+
 def replication_table(report: ReplicationReport) -> Table:
     title = (
         f"primary {report.primary} (host {report.primary_host})  timeline {report.timeline}  "

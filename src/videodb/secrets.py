@@ -12,7 +12,7 @@ from pydantic import SecretStr
 
 from videodb.config import LoadedSettings
 from videodb.errors import ConfigError, NotRunningError
-from videodb.layout import StateLayout
+from videodb.layout import StateLayout, resolve_layout
 
 SUPERUSER_FILE = "superuser.password"
 API_FILE = "patroni-api.password"
@@ -60,19 +60,22 @@ def bundle_path(cluster_file: Path) -> Path:
 
 @dataclass(frozen=True)
 class CAMaterial:
-    """The cluster CA as PEM text; `previous_pem` is the CA being replaced ('rotate ca'),
-    trusted until the rotation finishes."""
+    """The cluster CA as PEM text: the one that signs (`cert_pem`, `key_pem`), and during
+    'rotate ca' the others every host trusts meanwhile: `next_*` (made, not signing yet: the
+    'trust' phase) or `previous_pem` (replaced, still trusted until the 'finish' phase)."""
 
     cert_pem: str
     key_pem: str
     previous_pem: str = ""
+    next_cert_pem: str = ""
+    next_key_pem: str = ""
 
     def __repr__(self) -> str:
         return "CAMaterial(********)"
 
     @property
     def trust_pem(self) -> str:
-        return self.cert_pem + self.previous_pem
+        return self.cert_pem + self.previous_pem + self.next_cert_pem
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,8 @@ def write_bundle(path: Path, bundle: SecretsBundle) -> None:
         data.update(ca_cert=bundle.ca.cert_pem, ca_key=bundle.ca.key_pem)
         if bundle.ca.previous_pem:
             data["ca_previous"] = bundle.ca.previous_pem
+        if bundle.ca.next_cert_pem:
+            data.update(ca_next_cert=bundle.ca.next_cert_pem, ca_next_key=bundle.ca.next_key_pem)
     write_private(path, json.dumps(data, indent=2) + "\n")
 
 
@@ -131,7 +136,13 @@ def read_bundle(path: Path) -> SecretsBundle:
         data = json.loads(path.read_text(encoding="utf-8"))
         ca = None
         if data.get("ca_cert") and data.get("ca_key"):
-            ca = CAMaterial(data["ca_cert"], data["ca_key"], data.get("ca_previous", ""))
+            ca = CAMaterial(
+                data["ca_cert"],
+                data["ca_key"],
+                data.get("ca_previous", ""),
+                data.get("ca_next_cert", ""),
+                data.get("ca_next_key", ""),
+            )
         return SecretsBundle(
             ClusterSecrets(data["superuser_password"], data["api_password"]),
             data["app_password"],
@@ -150,11 +161,22 @@ def read_bundle(path: Path) -> SecretsBundle:
 
 
 def with_bundle_password(loaded: LoadedSettings) -> LoadedSettings:
-    """A cluster's application password is its bundle's, unless given explicitly."""
+    """The application password: given explicitly (config, DB_PASSWORD, --set), else the
+    cluster's bundle's, else the one 'rotate password app' stored in the state directory."""
     s = loaded.settings
-    if s.secrets_bundle is None or "database.app_password" in loaded.sources:
+    if "database.app_password" in loaded.sources:
         return loaded
-    app_password = SecretStr(read_bundle(s.secrets_bundle).app_password)
+    if s.secrets_bundle is not None:
+        app_password = SecretStr(read_bundle(s.secrets_bundle).app_password)
+    else:
+        stored = resolve_layout(s).secret(APP_FILE)
+        try:
+            value = stored.read_text(encoding="utf-8").strip()
+        except OSError:
+            return loaded
+        if not value:
+            return loaded
+        app_password = SecretStr(value)
     database = s.database.model_copy(update={"app_password": app_password})
     loaded.settings = s.model_copy(update={"database": database})
     return loaded

@@ -7,6 +7,7 @@ from psycopg import errors, sql
 
 from videodb.config import NodeSpec, Settings
 from videodb.errors import ClusterError
+from videodb.layout import resolve_layout, tls_files
 from videodb.secrets import ClusterSecrets
 
 # What the data layer's read-your-writes check asks a node: is it a replica, how far has it
@@ -60,6 +61,8 @@ def connect_superuser(
             connect_timeout=max(1, int(timeout)),
             autocommit=True,
             application_name="videodb-cli",
+            sslmode="verify-full",
+            sslrootcert=str(tls_files(resolve_layout(settings)).ca),
         )
     except psycopg.OperationalError as exc:
         first = (str(exc).strip().splitlines() or ["no message"])[-1].strip()

@@ -20,7 +20,7 @@ from videodb.cluster.patroni_api import MemberStatus, PatroniAPI, Role
 from videodb.cluster.postmaster import postmaster_pid
 from videodb.cluster.render import ETCD_PROGRAM, HAPROXY_PROGRAM
 from videodb.cluster.supervisor import ProgramStatus, Supervisor, supervisord_pid
-from videodb.cluster.tls import client_context
+from videodb.cluster.tls import certificate_status, client_context
 from videodb.config import HostSpec, NodeSpec, Settings
 from videodb.errors import NotRunningError
 from videodb.layout import StateLayout
@@ -49,10 +49,16 @@ class PlatformStatus:
     services: list[ServiceStatus] = field(default_factory=list)
     host: str = ""
     hosts: int = 1
+    # this host's certificates (cluster/tls.py): file, role, subject, not_after, days_left...
+    certificates: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def expired(self) -> list[str]:
+        return [str(c["file"]) for c in self.certificates if float(c["days_left"]) <= 0]
 
     @property
     def healthy(self) -> bool:
-        return self.running and all(s.healthy for s in self.services)
+        return self.running and all(s.healthy for s in self.services) and not self.expired
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "started": True, "healthy": self.healthy}
@@ -75,7 +81,13 @@ def platform_status(settings: Settings, layout: StateLayout) -> PlatformStatus:
     this = settings.this_host()
     hosts = settings.topology_hosts()
     status = PlatformStatus(
-        sup_pid is not None, str(layout.root), sup_pid, [], this.name, len(hosts)
+        sup_pid is not None,
+        str(layout.root),
+        sup_pid,
+        [],
+        this.name,
+        len(hosts),
+        [c.to_json() for c in certificate_status(settings, layout)],
     )
     # Patroni is asked only about nodes that run here (under our supervisord) or elsewhere.
     asked = [

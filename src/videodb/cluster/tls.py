@@ -46,6 +46,8 @@ Progress = Callable[[str], None]
 LOCAL_CA_CERT = "ca.crt"
 LOCAL_CA_KEY = "ca.key"
 LOCAL_CA_PREVIOUS = "ca-previous.crt"
+LOCAL_CA_NEXT_CERT = "ca-next.crt"
+LOCAL_CA_NEXT_KEY = "ca-next.key"
 
 
 # -- the CA ----------------------------------------------------------------------------------
@@ -69,12 +71,18 @@ def load_ca(settings: Settings, layout: StateLayout, *, create: bool = False) ->
             )
         return ca
     cert, key = layout.secret(LOCAL_CA_CERT), layout.secret(LOCAL_CA_KEY)
-    previous = layout.secret(LOCAL_CA_PREVIOUS)
     if cert.exists() and key.exists():
+
+        def text(name: str) -> str:
+            path = layout.secret(name)
+            return path.read_text(encoding="utf-8") if path.exists() else ""
+
         return CAMaterial(
-            cert.read_text(encoding="utf-8"),
-            key.read_text(encoding="utf-8"),
-            previous.read_text(encoding="utf-8") if previous.exists() else "",
+            text(LOCAL_CA_CERT),
+            text(LOCAL_CA_KEY),
+            text(LOCAL_CA_PREVIOUS),
+            text(LOCAL_CA_NEXT_CERT),
+            text(LOCAL_CA_NEXT_KEY),
         )
     if cert.exists() != key.exists():
         missing = key if cert.exists() else cert
@@ -98,13 +106,17 @@ def save_ca(settings: Settings, layout: StateLayout, material: CAMaterial) -> No
         return
     layout.secrets.mkdir(parents=True, exist_ok=True)
     os.chmod(layout.secrets, 0o700)
-    write_private(layout.secret(LOCAL_CA_KEY), material.key_pem)
-    write_private(layout.secret(LOCAL_CA_CERT), material.cert_pem)
-    previous = layout.secret(LOCAL_CA_PREVIOUS)
-    if material.previous_pem:
-        write_private(previous, material.previous_pem)
-    else:
-        previous.unlink(missing_ok=True)
+    for name, text in (
+        (LOCAL_CA_KEY, material.key_pem),
+        (LOCAL_CA_CERT, material.cert_pem),
+        (LOCAL_CA_PREVIOUS, material.previous_pem),
+        (LOCAL_CA_NEXT_KEY, material.next_key_pem),
+        (LOCAL_CA_NEXT_CERT, material.next_cert_pem),
+    ):
+        if text:
+            write_private(layout.secret(name), text)
+        else:
+            layout.secret(name).unlink(missing_ok=True)
 
 
 def authority(settings: Settings, layout: StateLayout, material: CAMaterial) -> Authority:
