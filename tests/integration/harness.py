@@ -15,6 +15,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from pydantic import SecretStr
 
 from videodb.cluster import lifecycle
 from videodb.cluster.health import check_health
@@ -25,7 +26,7 @@ from videodb.cluster.topology import with_extra_nodes
 from videodb.config import Settings, load_settings
 from videodb.layout import StateLayout
 from videodb.sandbox import make_workdir, write_sandbox_config
-from videodb.secrets import ClusterSecrets, load_secrets
+from videodb.secrets import APP_FILE, ClusterSecrets, load_secrets
 from videodb.waiting import wait_for
 
 CLI = str(Path(sys.executable).parent / "videodb")
@@ -77,8 +78,15 @@ class RunningCluster:
 
     @property
     def settings(self) -> Settings:
-        """The config's nodes plus those added with add-replica."""
-        return with_extra_nodes(self.base_settings, self.layout)
+        """The config's nodes plus those added with add-replica, and the application password
+        'rotate password app' stored (as the CLI reads them)."""
+        settings = with_extra_nodes(self.base_settings, self.layout)
+        stored = self.layout.secret(APP_FILE)
+        if not stored.exists():
+            return settings
+        password = SecretStr(stored.read_text(encoding="utf-8").strip())
+        database = settings.database.model_copy(update={"app_password": password})
+        return settings.model_copy(update={"database": database})
 
     @property
     def secrets(self) -> ClusterSecrets:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import uuid
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -12,6 +14,7 @@ from psycopg import errors
 
 from tests.integration.harness import RunningCluster
 from videodb.backups.progress import size
+from videodb.layout import tls_files
 from videodb.secrets import SUPERUSER_FILE
 from videodb.waiting import wait_for
 
@@ -237,28 +240,29 @@ def test_prometheus_metrics_are_served(cluster: RunningCluster) -> None:
     assert 'haproxy_server_status{proxy="postgres_write",server="postgres-video-master"' in body
 
 
-def test_replicator_cannot_read_application_data(cluster: RunningCluster) -> None:
-    password = cluster.secrets.replication_password
+def test_replicator_cannot_read_application_data(cluster: RunningCluster, tmp_path: Path) -> None:
+    """Even with its certificate (it has no password), the replication role opens replication
+    connections only."""
+    files = tls_files(cluster.layout)
+    shutil.copy(files.replicator_cert, tmp_path / "r.crt")
+    shutil.copy(files.replicator_key, tmp_path / "r.key")
+    (tmp_path / "r.key").chmod(0o600)
+    common: dict[str, Any] = {
+        "host": "127.0.0.1",
+        "port": cluster.master,
+        "user": "replicator",
+        "connect_timeout": 3,
+        "sslmode": "verify-full",
+        "sslrootcert": str(files.ca),
+        "sslcert": str(tmp_path / "r.crt"),
+        "sslkey": str(tmp_path / "r.key"),
+    }
     for dbname in ("video_platform", "postgres"):
         with pytest.raises(psycopg.OperationalError, match=r"pg_hba\.conf rejects"):
-            psycopg.connect(
-                host="127.0.0.1",
-                port=cluster.master,
-                user="replicator",
-                password=password,
-                dbname=dbname,
-                connect_timeout=3,
-            )
+            psycopg.connect(**common, dbname=dbname)
     # It can open a replication connection, which is all it is for.
     with psycopg.connect(
-        host="127.0.0.1",
-        port=cluster.master,
-        user="replicator",
-        password=password,
-        dbname="replication",
-        replication="true",
-        connect_timeout=3,
-        autocommit=True,
+        **common, dbname="replication", replication="true", autocommit=True
     ) as conn:
         assert conn.pgconn.exec_(b"IDENTIFY_SYSTEM").ntuples == 1
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import socket
 
-from videodb.cluster.render import haproxy_socket
+from videodb.cluster.render import HAPROXY_PROGRAM, haproxy_socket, haproxy_state_file
+from videodb.cluster.supervisor import Supervisor
 from videodb.errors import ClusterError
 from videodb.layout import StateLayout
 
@@ -30,3 +31,16 @@ def set_server_state(layout: StateLayout, backend: str, server: str, state: str)
     answer = haproxy_command(layout, command)
     if answer:
         raise ClusterError(f"HAProxy refused {command!r}: {answer}")
+
+
+def reload_haproxy(layout: StateLayout) -> None:
+    """A graceful reload (SIGUSR2: old workers finish their sessions) that keeps every server's
+    state: without the saved state the new worker would take every server for UP until its first
+    checks, and could route a write to a replica meanwhile."""
+    state = haproxy_command(layout, "show servers state")
+    path = haproxy_state_file(layout)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(state + "\n", encoding="utf-8")
+    tmp.chmod(0o644)
+    tmp.replace(path)
+    Supervisor(layout).signal_program(HAPROXY_PROGRAM, "USR2")

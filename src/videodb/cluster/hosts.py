@@ -22,10 +22,10 @@ from typing import Any
 import yaml
 
 from videodb.cluster import etcd_members
+from videodb.cluster.haproxy_admin import reload_haproxy
 from videodb.cluster.patroni_api import PatroniAPI
-from videodb.cluster.render import HAPROXY_PROGRAM, Toolchain
+from videodb.cluster.render import Toolchain
 from videodb.cluster.state import prepare_state, validate_haproxy
-from videodb.cluster.supervisor import Supervisor
 from videodb.config import Settings
 from videodb.errors import ClusterError, ConfigError
 from videodb.layout import ServiceUser, StateLayout
@@ -119,7 +119,7 @@ def reapply(
         and before[layout.haproxy_config()] != after[layout.haproxy_config()]
     ):
         validate_haproxy(tools, layout)
-        Supervisor(layout).signal_program(HAPROXY_PROGRAM, "USR2")
+        reload_haproxy(layout)
         changes.append("HAProxy reloaded with the new servers (its connections stay open)")
     return changes
 

@@ -268,6 +268,11 @@ def haproxy_socket(layout: StateLayout) -> Path:
     return layout.service_run / "haproxy.sock"
 
 
+def haproxy_state_file(layout: StateLayout) -> Path:
+    """Servers' states saved before a reload, loaded by the new worker (haproxy_admin)."""
+    return layout.run / "haproxy-servers.state"
+
+
 def haproxy_config(settings: Settings, layout: StateLayout) -> str:
     """Write port: Patroni's /primary only. Read port: /readiness?lag= (the primary, and the
     replicas that are streaming and within `haproxy.read_max_lag` of it; a replica cut off from
@@ -311,9 +316,11 @@ def haproxy_config(settings: Settings, layout: StateLayout) -> str:
         f"    maxconn {h.maxconn}",
         "    log stdout format raw local0 info",
         f"    stats socket {haproxy_socket(layout)} mode 600 level admin expose-fd listeners",
+        f"    server-state-file {haproxy_state_file(layout)}",
         "",
         "defaults",
         "    mode tcp",
+        "    load-server-state-from-file global",
         "    log global",
         "    option tcplog",
         "    option dontlognull",

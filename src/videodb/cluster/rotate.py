@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 import psycopg
 from cryptography import x509
@@ -31,12 +32,14 @@ from psycopg import sql
 from pydantic import SecretStr
 
 from videodb.cluster.apps import write_app_files
+from videodb.cluster.ha import is_paused
+from videodb.cluster.haproxy_admin import reload_haproxy
 from videodb.cluster.health import etcd_member_healthy
 from videodb.cluster.hosts import reapply
 from videodb.cluster.patroni_api import PatroniAPI
 from videodb.cluster.pg import connect_superuser
 from videodb.cluster.preflight import find_toolchain
-from videodb.cluster.render import ETCD_PROGRAM, HAPROXY_PROGRAM
+from videodb.cluster.render import ETCD_PROGRAM
 from videodb.cluster.served_cert import served_serial
 from videodb.cluster.state import validate_haproxy
 from videodb.cluster.supervisor import Supervisor, supervisord_pid
@@ -141,12 +144,43 @@ def reload_certificates(
     return steps
 
 
-def restart_etcd(settings: Settings, layout: StateLayout, progress: Progress) -> list[str]:
+def _members_report(
+    api: PatroniAPI, settings: Settings, check: Callable[[dict[str, Any]], bool]
+) -> bool:
+    for node in settings.nodes:
+        try:
+            code, body = api.get(node, "/patroni")
+        except OSError:
+            continue  # a member that does not answer cannot hold anything up
+        if code != 200 or not isinstance(body, dict) or not check(body):
+            return False
+    return True
+
+
+def restart_etcd(
+    settings: Settings, layout: StateLayout, api_password: str, progress: Progress
+) -> list[str]:
     """etcd reads its trusted CAs at start only: restart this host's member, and wait until it
-    is back with a quorum (the other members keep the quorum meanwhile)."""
+    is back with a quorum.
+
+    Patroni is paused meanwhile (DESIGN.md, traps): an etcd member that is starting answers
+    requests with errors that Patroni takes for a failed leader-lock update, not for an etcd
+    outage, so failsafe mode does not cover them and the primary would demote itself.
+    """
     this = settings.this_host()
     if not this.etcd:
         return []
+    api = PatroniAPI(settings, api_password)
+    paused = is_paused(settings)
+    if not paused:
+        progress("pausing Patroni while etcd restarts (no demotion on a transient DCS error)")
+        api.patch_config({"pause": True})
+        wait_for(
+            lambda: _members_report(api, settings, lambda doc: bool(doc.get("pause"))),
+            timeout=RELOAD_WAIT_S,
+            what="every Patroni member paused",
+            interval=0.2,
+        )
     progress("restarting this host's etcd member (it reads its trusted CAs only at start)")
     supervisor = Supervisor(layout)
     supervisor.stop_program(ETCD_PROGRAM)
@@ -159,17 +193,34 @@ def restart_etcd(settings: Settings, layout: StateLayout, progress: Progress) ->
         interval=0.2,
         hint="see 'platform.sh logs etcd'",
     )
-    return ["etcd: restarted with the new trusted CAs, healthy"]
+    back = time.time()
+    wait_for(
+        lambda: _members_report(
+            api, settings, lambda doc: float(doc.get("dcs_last_seen") or 0) > back
+        ),
+        timeout=RELOAD_WAIT_S,
+        what="every Patroni member talking to etcd again",
+        interval=0.3,
+    )
+    if not paused:
+        api.patch_config({"pause": False})
+        wait_for(
+            lambda: _members_report(api, settings, lambda doc: not doc.get("pause")),
+            timeout=RELOAD_WAIT_S,
+            what="every Patroni member resumed",
+            interval=0.2,
+        )
+    return ["etcd: restarted with the new trusted CAs, healthy (Patroni paused meanwhile)"]
 
 
-def reload_haproxy(settings: Settings, layout: StateLayout) -> list[str]:
+def reload_haproxy_trust(settings: Settings, layout: StateLayout) -> list[str]:
     if not settings.this_host().haproxy:
         return []
     tools, problems = find_toolchain(settings)
     if tools is None:
         raise PrerequisiteError("cannot reload HAProxy:\n  " + "\n  ".join(problems))
     validate_haproxy(tools, layout)
-    Supervisor(layout).signal_program(HAPROXY_PROGRAM, "USR2")
+    reload_haproxy(layout)
     return ["HAProxy: reloaded gracefully (checks trust the new CA file; sessions stay)"]
 
 
@@ -197,9 +248,11 @@ def rotate_certs(settings: Settings, layout: StateLayout, progress: Progress) ->
 
 
 def _phase_material(
-    material: CAMaterial, phase: CAPhase, own: CAMaterial | None, scope: str
+    material: CAMaterial, phase: CAPhase, own: CAMaterial | None, scope: str, trusted_here: str
 ) -> CAMaterial:
-    rotating = bool(material.next_cert_pem or material.previous_pem)
+    """The CA material after `phase`. Across hosts every host runs each phase on its copy of the
+    bundle (the same transitions give the same result); `trusted_here` (this host's trust file)
+    tells a phase another host already applied to a shared bundle from one not begun."""
     if phase is CAPhase.TRUST:
         if material.previous_pem:
             raise ConfigError(
@@ -216,12 +269,12 @@ def _phase_material(
         if material.previous_pem:
             return material
         raise ConfigError("no CA rotation is under way; begin with 'rotate ca --phase trust'")
-    if not rotating:
-        raise ConfigError("no CA rotation is under way; begin with 'rotate ca --phase trust'")
     if material.next_cert_pem:
         raise ConfigError(
             "the new CA does not sign yet: run 'rotate ca --phase reissue' on every host first"
         )
+    if not material.previous_pem and trusted_here == material.trust_pem:
+        raise ConfigError("no CA rotation is under way; begin with 'rotate ca --phase trust'")
     return CAMaterial(material.cert_pem, material.key_pem)
 
 
@@ -247,7 +300,11 @@ def rotate_ca(
     api_password = load_secrets(layout).api_password if running else ""
     user = service_user()
     for step in phases:
-        material = _phase_material(load_ca(settings, layout), step, own, settings.patroni.scope)
+        trust_file = tls_files(layout).ca
+        trusted_here = trust_file.read_text(encoding="utf-8") if trust_file.exists() else ""
+        material = _phase_material(
+            load_ca(settings, layout), step, own, settings.patroni.scope, trusted_here
+        )
         authority(settings, layout, material)  # the signing CA must load
         save_ca(settings, layout, material)
         progress(f"phase {step}: {_PHASE_SAYS[step]}")
@@ -257,8 +314,8 @@ def rotate_ca(
             continue
         result.steps += reload_certificates(settings, layout, api_password, progress)
         if step in (CAPhase.TRUST, CAPhase.FINISH):
-            result.steps += restart_etcd(settings, layout, progress)
-            result.steps += reload_haproxy(settings, layout)
+            result.steps += restart_etcd(settings, layout, api_password, progress)
+            result.steps += reload_haproxy_trust(settings, layout)
     if not running:
         result.steps.append("the platform is not running here: the files apply at its start")
     if settings.multi_host and phase is CAPhase.TRUST and settings.secrets_bundle is not None:

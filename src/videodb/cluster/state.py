@@ -9,7 +9,7 @@ from pathlib import Path
 
 from videodb.backup_repo import ready_repo, repo_for
 from videodb.cluster import render
-from videodb.cluster.tls import ensure_host_certs
+from videodb.cluster.tls import ensure_host_certs, same_cluster
 from videodb.config import Settings
 from videodb.errors import ClusterError
 from videodb.layout import ServiceUser, StateLayout
@@ -96,7 +96,10 @@ def prepare_state(
     for node in settings.local_nodes():
         _own(layout.postgres_log_dir(node.name), user, 0o750)
     if settings.secrets_bundle is not None:
-        install_bundle(layout, read_bundle(settings.secrets_bundle))
+        bundle = read_bundle(settings.secrets_bundle)
+        # A rotated password from the same cluster (its CA is one this host trusts) replaces
+        # the old one; another cluster's secrets are refused.
+        install_bundle(layout, bundle, replace=same_cluster(layout, bundle))
     secrets = ensure_secrets(layout)
     ensure_host_certs(settings, layout, user, progress)
     write_pgpass(layout, "*", settings.database.superuser, secrets.superuser_password)
@@ -106,6 +109,9 @@ def prepare_state(
     if settings.this_host().haproxy:
         haproxy = render.haproxy_config(settings, layout)
         _write_service_file(layout.haproxy_config(), haproxy, user)
+        state = render.haproxy_state_file(layout)
+        if not state.exists():  # nothing saved yet: an empty state of format version 1
+            state.write_text("1\n", encoding="utf-8")
     layout.supervisor_config().write_text(
         render.supervisor_config(settings, layout, tools, user, held_back, etcd_join),
         encoding="utf-8",

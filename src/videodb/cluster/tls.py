@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 
 from videodb.certs import (
     Authority,
@@ -39,7 +40,7 @@ from videodb.certs import (
 from videodb.config import Settings
 from videodb.errors import ConfigError
 from videodb.layout import ServiceUser, StateLayout, TLSFiles, resolve_layout, tls_files
-from videodb.secrets import CAMaterial, read_bundle, write_bundle, write_private
+from videodb.secrets import CAMaterial, SecretsBundle, read_bundle, write_bundle, write_private
 
 Progress = Callable[[str], None]
 
@@ -306,3 +307,13 @@ def ca_material(scope: str, cert: Path | None = None, key: Path | None = None) -
     if own.cert.not_valid_after_utc <= dt.datetime.now(dt.UTC):
         raise ConfigError(f"the CA in {cert} expired on {own.cert.not_valid_after_utc:%Y-%m-%d}")
     return CAMaterial(cert_pem, key_pem)
+
+
+def same_cluster(layout: StateLayout, bundle: SecretsBundle) -> bool:
+    """The bundle's CA is one this host already trusts: the bundle is this cluster's."""
+    trust = tls_files(layout).ca
+    if bundle.ca is None or not trust.exists():
+        return False
+    trusted = {c.fingerprint(hashes.SHA256()) for c in read_certs(trust)}
+    ours = x509.load_pem_x509_certificates(bundle.ca.trust_pem.encode())
+    return any(c.fingerprint(hashes.SHA256()) in trusted for c in ours)

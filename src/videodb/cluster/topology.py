@@ -15,13 +15,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from videodb.cluster.haproxy_admin import haproxy_command, set_server_state
+from videodb.cluster.haproxy_admin import haproxy_command, reload_haproxy, set_server_state
 from videodb.cluster.haproxy_stats import fetch_server_status
 from videodb.cluster.lifecycle import is_running
 from videodb.cluster.patroni_api import PatroniAPI, Role
 from videodb.cluster.postmaster import pg_ctl_stop, postmaster_pid
 from videodb.cluster.preflight import find_toolchain, port_problems
-from videodb.cluster.render import HAPROXY_PROGRAM, READ_BACKEND, WRITE_BACKEND, Toolchain
+from videodb.cluster.render import READ_BACKEND, WRITE_BACKEND, Toolchain
 from videodb.cluster.state import prepare_state, validate_haproxy
 from videodb.cluster.supervisor import Supervisor
 from videodb.config import NODE_NAME_PATTERN, NodeSpec, Settings
@@ -103,7 +103,7 @@ def _tools(settings: Settings) -> Toolchain:
 
 def _reload_haproxy(settings: Settings, layout: StateLayout, tools: Toolchain) -> None:
     validate_haproxy(tools, layout)
-    Supervisor(layout).signal_program(HAPROXY_PROGRAM, "USR2")
+    reload_haproxy(layout)
 
 
 def _server_in_read_backend(settings: Settings, name: str, up: bool | None) -> bool:
