@@ -105,7 +105,11 @@ class SimCluster:
         return self.workdir / host
 
     def settings(self, host: str = APP_HOST) -> Settings:
-        sets = [f"host={host}", f"secrets_bundle={bundle_path(self.cluster_file)}"]
+        sets = [
+            f"host={host}",
+            f"secrets_bundle={bundle_path(self.cluster_file)}",
+            f"state_dir={self.state_dir(host)}",  # its certificates, for TLS to the others
+        ]
         loaded = load_settings(self.cluster_file, env={}, assignments=sets, require_file=True)
         return with_bundle_password(loaded).settings
 

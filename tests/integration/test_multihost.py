@@ -3,10 +3,17 @@
 
 from __future__ import annotations
 
+import base64
 import os
+import shutil
 import signal
+import ssl
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -26,12 +33,16 @@ from tests.integration.multihost import (
     sim_cluster_lifecycle,
     wait_healthy,
 )
+from tests.integration.rotation_load import Load
 from tests.integration.simhosts import netns_available
+from videodb import certs
 from videodb.cluster.patroni_api import PatroniAPI
 from videodb.cluster.render import READ_BACKEND
 from videodb.cluster.supervisor import Supervisor
 from videodb.config import NodeSpec
 from videodb.errors import TimeoutExpired
+from videodb.layout import tls_files
+from videodb.secrets import load_secrets
 from videodb.waiting import wait_for
 
 pytestmark = [
@@ -98,6 +109,255 @@ def test_postgres_admits_only_the_cluster_hosts(sim: SimCluster) -> None:
     refused = sim.call(outsider.name, connect)
     assert f'pg_hba.conf rejects connection for host "{outsider.address}"' in refused, refused
     assert sim.call(APP_HOST, connect) == "admitted"
+
+
+def _private_copy(source: Path, target: Path) -> Path:
+    """libpq and ssl want a key file of the user who reads it (these are the service user's)."""
+    shutil.copy(source, target)
+    target.chmod(0o600)
+    return target
+
+
+def _https(url: str, context: ssl.SSLContext, password: str | None = None) -> int | str:
+    """POST (with a password: Patroni's /reload) or GET; the status, or why it was refused."""
+    request = urllib.request.Request(url, data=b"{}" if password else None)
+    if password:
+        token = base64.b64encode(f"patroni:{password}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=5, context=context) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+    except (OSError, ssl.SSLError) as exc:
+        return f"refused: {exc}"
+
+
+def _context(ca: Path, cert: Path | None = None, key: Path | None = None) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(ca))
+    if cert is not None and key is not None:
+        context.load_cert_chain(str(cert), str(key))
+    return context
+
+
+def test_every_link_from_another_host_is_tls_verified_by_the_cluster_ca(
+    sim: SimCluster, tmp_path: Path
+) -> None:
+    """From the application host: plaintext to PostgreSQL, etcd and Patroni's REST API is
+    refused, so is a client certificate from another CA; the replication role has no password;
+    verify-full works through the write and read ports by the service name."""
+    s = sim.settings(APP_HOST)
+    db = s.database
+    node = s.nodes[0]
+    db1 = s.node_address(node)
+    files = tls_files(sim.layout(APP_HOST))
+    ca = files.ca
+    cert = _private_copy(files.cert, tmp_path / "app1.crt")
+    key = _private_copy(files.key, tmp_path / "app1.key")
+    rcert = _private_copy(files.replicator_cert, tmp_path / "rep.crt")
+    rkey = _private_copy(files.replicator_key, tmp_path / "rep.key")
+    foreign = certs.issue(certs.new_authority("another CA"), "replicator", dns=[APP_HOST])
+    (tmp_path / "f.crt").write_text(foreign.cert_pem)
+    fkey = tmp_path / "f.key"
+    fkey.write_text(foreign.key_pem)
+    fkey.chmod(0o600)
+    fcert = tmp_path / "f.crt"
+    app = {
+        "user": db.app_user,
+        "password": db.app_password.get_secret_value(),
+        "dbname": db.name,
+        "connect_timeout": 3,
+    }
+
+    def postgres(**params: Any) -> str:
+        try:
+            with psycopg.connect(**params) as conn:
+                if params.get("replication"):
+                    return "admitted"  # a replication connection runs no SQL
+                row = conn.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+                return f"admitted ssl={row.fetchone()}"
+        except psycopg.OperationalError as exc:
+            return str(exc)
+
+    def probe() -> dict[str, Any]:
+        etcd = s.etcd_client_url(s.host_spec(DB_HOSTS[0]))
+        api = f"https://{db1}:{node.api_port}"
+        replication = {
+            "host": db1,
+            "port": node.port,
+            "user": db.replication_user,
+            "dbname": "replication",
+            "replication": "true",
+            "connect_timeout": 3,
+            "sslmode": "verify-full",
+            "sslrootcert": str(ca),
+        }
+        return {
+            "pg plaintext": postgres(host=db1, port=node.port, sslmode="disable", **app),
+            "pg verify-full": postgres(
+                host=db1, port=node.port, sslmode="verify-full", sslrootcert=str(ca), **app
+            ),
+            "etcd plaintext": _https(etcd.replace("https", "http") + "/health", _context(ca)),
+            "etcd no cert": _https(etcd + "/health", _context(ca)),
+            "etcd other CA": _https(etcd + "/health", _context(ca, fcert, fkey)),
+            "etcd ours": _https(etcd + "/health", _context(ca, cert, key)),
+            "api plaintext": _https(api.replace("https", "http") + "/patroni", _context(ca)),
+            "api unsafe no cert": _https(api + "/reload", _context(ca), sim_api_password(sim)),
+            "api other CA": _https(api + "/reload", _context(ca, fcert, fkey), "x"),
+            "replicator passwords": [
+                postgres(**replication, password=p)
+                for p in ("", sim_api_password(sim), db.app_password.get_secret_value())
+            ],
+            "replicator other CA": postgres(**replication, sslcert=str(fcert), sslkey=str(fkey)),
+            "replicator ours": postgres(**replication, sslcert=str(rcert), sslkey=str(rkey)),
+            "write port by name": postgres(
+                host=s.postgres_tls_name(),
+                hostaddr=s.address,
+                port=s.haproxy.write_port,
+                sslmode="verify-full",
+                sslrootcert=str(ca),
+                **app,
+            ),
+            "read port by name": postgres(
+                host=s.postgres_tls_name(),
+                hostaddr=s.address,
+                port=s.haproxy.read_port,
+                sslmode="verify-full",
+                sslrootcert=str(ca),
+                **app,
+            ),
+            "write port by address": postgres(
+                host=s.address,
+                port=s.haproxy.write_port,
+                sslmode="verify-full",
+                sslrootcert=str(ca),
+                **app,
+            ),
+        }
+
+    seen = sim.call(APP_HOST, probe)
+    assert "no encryption" in seen["pg plaintext"], seen
+    assert seen["pg verify-full"] == "admitted ssl=(True,)", seen
+    for refused in ("etcd plaintext", "etcd no cert", "etcd other CA", "api plaintext"):
+        assert seen[refused] != 200, (refused, seen[refused])
+    assert str(seen["etcd no cert"]).startswith("refused"), seen
+    assert str(seen["etcd other CA"]).startswith("refused"), seen
+    assert seen["etcd ours"] == 200, seen
+    assert seen["api unsafe no cert"] == 403, seen
+    assert str(seen["api other CA"]).startswith("refused"), seen
+    for answer in seen["replicator passwords"]:
+        assert "certificate" in answer and not answer.startswith("admitted"), seen
+    assert not seen["replicator other CA"].startswith("admitted"), seen
+    assert seen["replicator ours"].startswith("admitted"), seen
+    assert seen["write port by name"] == "admitted ssl=(True,)", seen
+    assert seen["read port by name"] == "admitted ssl=(True,)", seen
+    # the application host's address is in no PostgreSQL certificate: the name is what works
+    assert "does not match host name" in seen["write port by address"], seen
+
+
+def sim_api_password(sim: SimCluster) -> str:
+    return load_secrets(sim.layout(APP_HOST)).api_password
+
+
+def _primary_and_timeline(sim: SimCluster) -> tuple[str, int | None]:
+    members = sim.call(APP_HOST, lambda: PatroniAPI(sim.settings(APP_HOST)).members())
+    primaries = [m for m in members if m.role.value == "primary"]
+    assert len(primaries) == 1, members
+    return primaries[0].name, primaries[0].timeline
+
+
+def test_rotations_across_hosts_fail_no_request_and_keep_the_timeline(
+    sim: SimCluster, tmp_path: Path
+) -> None:
+    """Certificates on every host, the CA in three phases over every host, then each password,
+    while the applications' data layer and HTTP reads run on the application host."""
+    table = "mh_rotation_ledger"
+
+    def create() -> None:
+        with sim.connect(APP_HOST, sim.settings().haproxy.write_port) as conn:
+            conn.execute(f"CREATE TABLE IF NOT EXISTS {table} (id bigserial PRIMARY KEY)")
+
+    sim.call(APP_HOST, create)
+    hosts = (*_db_hosts(sim), APP_HOST)
+    app_files = tls_files(sim.layout(APP_HOST))
+    old_cert = _private_copy(app_files.cert, tmp_path / "old.crt")
+    old_key = _private_copy(app_files.key, tmp_path / "old.key")
+    before = _primary_and_timeline(sim)
+    s = sim.settings(APP_HOST)
+    old_app = s.database.app_password.get_secret_value()
+    old_super = load_secrets(sim.layout(APP_HOST)).superuser_password
+    old_api = sim_api_password(sim)
+
+    def step(*commands: tuple[str, tuple[str, ...]]) -> None:
+        load = Load(
+            sim.layout(APP_HOST).apps_config(),
+            f"http://{s.address}:{s.apps.web_port}/api/videos",
+            table,
+            inside=lambda: sim.net.inside(APP_HOST),
+        )
+        with load:
+            for host, args in commands:
+                result = sim.cli(host, *args, timeout=180)
+                assert result.rc == 0, (host, args, result)
+            done = load.writes
+            wait_for(lambda: load.writes > done + 5, timeout=30, what="writes after it")
+        assert load.failures == [], (commands, load.failures[:5])
+        assert _primary_and_timeline(sim) == before, commands
+
+    step(*((h, ("rotate", "certs")) for h in hosts))
+    for phase in ("trust", "reissue", "finish"):
+        step(*((h, ("rotate", "ca", "--phase", phase)) for h in hosts))
+    step((APP_HOST, ("rotate", "password", "app")))
+    step(
+        (DB_HOSTS[0], ("rotate", "password", "superuser")),
+        *((h, ("start", "video")) for h in hosts[1:]),
+    )
+    step(
+        (DB_HOSTS[0], ("rotate", "password", "patroni-api")),
+        *((h, ("start", "video")) for h in hosts[1:]),
+    )
+    wait_healthy(sim)
+
+    # Afterwards every old credential is refused, seen from the application host.
+    s = sim.settings(APP_HOST)
+    ca = app_files.ca
+    node = s.nodes[0]
+    db1 = s.node_address(node)
+
+    def old_credentials() -> dict[str, Any]:
+        def login(user: str, password: str, dbname: str) -> str:
+            try:
+                with psycopg.connect(
+                    host=db1,
+                    port=node.port,
+                    user=user,
+                    password=password,
+                    dbname=dbname,
+                    sslmode="verify-full",
+                    sslrootcert=str(ca),
+                    connect_timeout=3,
+                ):
+                    return "admitted"
+            except psycopg.OperationalError as exc:
+                return str(exc)
+
+        etcd = s.etcd_client_url(s.host_spec(DB_HOSTS[0])) + "/health"
+        api = f"https://{db1}:{node.api_port}/reload"
+        new_client = _context(ca, app_files.cert, app_files.key)
+        return {
+            "app": login(s.database.app_user, old_app, s.database.name),
+            "superuser": login(s.database.superuser, old_super, "postgres"),
+            "api": _https(api, new_client, old_api),
+            "api new": _https(api, new_client, sim_api_password(sim)),
+            "etcd old CA": _https(etcd, _context(ca, old_cert, old_key)),
+            "etcd new": _https(etcd, new_client),
+        }
+
+    seen = sim.call(APP_HOST, old_credentials)
+    assert "password authentication failed" in seen["app"], seen
+    assert "password authentication failed" in seen["superuser"], seen
+    assert seen["api"] == 401 and seen["api new"] == 202, seen
+    assert str(seen["etcd old CA"]).startswith("refused") and seen["etcd new"] == 200, seen
 
 
 def _db_hosts(sim: SimCluster) -> list[str]:

@@ -19,7 +19,10 @@ pytestmark = pytest.mark.integration
 
 def fingerprint(cluster: RunningCluster) -> dict[str, str]:
     """Every generated file and the node list, by content."""
-    files = [*cluster.layout.conf.iterdir(), cluster.layout.root / "nodes.json"]
+    files = [
+        *(f for f in cluster.layout.conf.iterdir() if f.is_file()),
+        cluster.layout.root / "nodes.json",
+    ]
     return {
         str(f): hashlib.sha256(f.read_bytes()).hexdigest() if f.exists() else "absent"
         for f in files

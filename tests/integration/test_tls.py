@@ -9,27 +9,23 @@ import base64
 import datetime as dt
 import shutil
 import ssl
-import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from unittest import mock
 
-import httpx
 import psycopg
 import pytest
 from cryptography import x509
-from sqlalchemy import text
 
 from tests.integration.harness import RunningCluster, cluster_lifecycle
+from tests.integration.rotation_load import Load
 from videodb import certs
 from videodb.cluster.patroni_api import PatroniAPI
 from videodb.cluster.served_cert import served_serial
 from videodb.cluster.supervisor import supervisord_pid
-from videodb.db import DataLayer
 from videodb.layout import tls_files
 from videodb.services.runtime import AppConfig
 from videodb.waiting import wait_for
@@ -137,66 +133,6 @@ def test_the_replication_role_has_a_certificate_and_no_password(
 # -- rotations under load -------------------------------------------------------------------
 
 
-@dataclass
-class Load:
-    """What the applications do, worst case: the data layer the services use (password file,
-    verify-full through HAProxy) opening new connections for every write and read, and HTTP
-    requests to the running applications (their pooled connections)."""
-
-    cluster: RunningCluster
-    failures: list[str] = field(default_factory=list)
-    writes: int = 0
-    reads: int = 0
-    http_ok: int = 0
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _threads: list[threading.Thread] = field(default_factory=list)
-
-    def __enter__(self) -> Load:
-        for target in (self._data_layer, self._http):
-            thread = threading.Thread(target=target, daemon=True)
-            thread.start()
-            self._threads.append(thread)
-        wait_for(lambda: self.writes >= 5 and self.http_ok >= 5, timeout=30, what="the load")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=30)
-
-    def _data_layer(self) -> None:
-        layer = DataLayer(AppConfig.load(self.cluster.layout.apps_config()).datasource)
-        try:
-            while not self._stop.is_set():
-                try:
-                    with layer.writer() as unit:
-                        unit.session.execute(text(f"INSERT INTO {TABLE} DEFAULT VALUES"))
-                    self.writes += 1
-                    with layer.reader() as read:
-                        read.session.execute(text(f"SELECT count(*) FROM {TABLE}")).scalar()
-                    self.reads += 1
-                except Exception as exc:
-                    self.failures.append(f"data layer: {exc!r}")
-                layer.dispose()  # the next write and read open new connections
-                self._stop.wait(0.02)
-        finally:
-            layer.dispose()
-
-    def _http(self) -> None:
-        url = self.cluster.app_url("web") + "/api/videos"
-        with httpx.Client(timeout=10) as http:
-            while not self._stop.is_set():
-                try:
-                    response = http.get(url)
-                    if response.status_code == 200:
-                        self.http_ok += 1
-                    else:
-                        self.failures.append(f"http {response.status_code}: {response.text}")
-                except httpx.HTTPError as exc:
-                    self.failures.append(f"http: {exc!r}")
-                self._stop.wait(0.02)
-
-
 def primary_and_timeline(cluster: RunningCluster) -> tuple[str, int | None]:
     members = PatroniAPI(cluster.settings).members()
     primary = [m for m in members if m.role.value == "primary"]
@@ -207,7 +143,7 @@ def primary_and_timeline(cluster: RunningCluster) -> tuple[str, int | None]:
 def rotate(cluster: RunningCluster, *args: str) -> dict[str, Any]:
     before = primary_and_timeline(cluster)
     writes_before = 0
-    with Load(cluster) as load:
+    with Load(cluster.layout.apps_config(), cluster.app_url("web") + "/api/videos", TABLE) as load:
         writes_before = load.writes
         result = cluster.cli_json("rotate", *args)
         wait_for(
