@@ -25,9 +25,12 @@ from videodb.config import Settings
 from videodb.sandbox import sandbox
 
 
-def pgbench(settings: Settings, port: int, args: list[str]) -> str:
+def pgbench(
+    settings: Settings, port: int, args: list[str], extra_env: dict[str, str] | None = None
+) -> str:
+    """pgbench as the application role; `extra_env`: libpq variables (PGSSLMODE...)."""
     db = settings.database
-    env = {**os.environ, "PGPASSWORD": db.app_password.get_secret_value()}
+    env = {**os.environ, "PGPASSWORD": db.app_password.get_secret_value(), **(extra_env or {})}
     argv = [
         str(settings.postgresql.bin_dir / "pgbench"),
         "-h",

@@ -477,8 +477,9 @@ def destroy(
     ),
 )
 def status_cmd(ctx: typer.Context, as_json: JsonOpt = False) -> None:
-    """Every process with its role, pid, port and health. Exit 1 if unhealthy, 3 if stopped
-    or never started in this state directory (then one line says so)."""
+    """Every process with its role, pid, port and health, and this host's certificates with their
+    expiry (a warning tls.warn_days before). Exit 1 if unhealthy or a certificate expired, 3 if
+    stopped or never started in this state directory (then one line says so)."""
     c = _ctx(ctx)
     layout = c.layout()
     if status.never_started(layout):

@@ -87,7 +87,8 @@ def start(
     if settings.uses_dev_password():
         warnings.append(
             f"the application role {settings.database.app_user} uses the development default "
-            "password; set DB_PASSWORD (or database.app_password) for anything but development"
+            "password; run 'platform.sh rotate password app' (or set DB_PASSWORD) for anything but "
+            "development"
         )
     if is_running(layout):
         changes = []
