@@ -49,7 +49,14 @@ from videodb.config_toml import render_config
 from videodb.errors import ConfigError, NotRunningError, VideoDBError
 from videodb.layout import StateLayout, project_home, resolve_layout
 from videodb.platform_lock import platform_lock
-from videodb.secrets import bundle_path, create_bundle, load_secrets, with_bundle_password
+from videodb.secrets import (
+    bundle_path,
+    create_bundle,
+    load_secrets,
+    read_bundle,
+    with_bundle_password,
+    write_bundle,
+)
 
 log = logging.getLogger("videodb.cli")
 
@@ -1161,7 +1168,11 @@ def cluster_init(
     loaded = load_settings(file, require_file=True, assignments=[f"secrets_bundle={bundle}"])
     hosts = loaded.settings.topology_hosts()
     ca = ca_material(loaded.settings.patroni.scope, ca_cert, ca_key)
-    create_bundle(bundle, ca, force=force)
+    if bundle.exists() and not force and read_bundle(bundle).ca is None:
+        # A bundle made before TLS: its passwords are kept, a CA is added.
+        write_bundle(bundle, read_bundle(bundle).with_ca(ca))
+    else:
+        create_bundle(bundle, ca, force=force)
     commands = [
         f"./scripts/platform.sh --cluster {file} --host {h.name} start video" for h in hosts
     ]

@@ -151,6 +151,20 @@ def test_cluster_init_makes_one_private_bundle_and_never_replaces_it(tmp_path: P
     assert password == json.loads(content)["app_password"]
 
 
+def test_cluster_init_adds_a_ca_to_a_bundle_made_before_tls(tmp_path: Path) -> None:
+    cluster_file = tmp_path / "cluster.toml"
+    shutil.copy(EXAMPLE, cluster_file)
+    bundle = tmp_path / "cluster.toml.secrets"
+    old = {"superuser_password": "su", "api_password": "api", "app_password": "app"}
+    bundle.write_text(json.dumps(old))
+    result = run_cli("cluster", "init", str(cluster_file))
+    assert result.returncode == 0, result
+    data = json.loads(bundle.read_text())
+    assert {k: data[k] for k in old} == old  # the running cluster's passwords are kept
+    assert "BEGIN CERTIFICATE" in data["ca_cert"] and "PRIVATE KEY" in data["ca_key"]
+    assert stat.S_IMODE(bundle.stat().st_mode) == 0o600
+
+
 def test_a_bad_cluster_file_is_refused_by_cluster_init(tmp_path: Path) -> None:
     cluster_file = tmp_path / "cluster.toml"
     cluster_file.write_text(EXAMPLE.read_text().replace('host = "db3"', 'host = "db9"'))

@@ -407,6 +407,12 @@ def _rotate_app(
             "a rotation would be undone at the next start: change it there and run 'start "
             "video' again, or remove it there to let 'rotate password app' manage it"
         )
+    app_hosts = [h.name for h in settings.topology_hosts() if h.apps]
+    if app_hosts and not settings.this_host().apps:
+        raise ConfigError(
+            f"run 'rotate password app' on an application host ({', '.join(app_hosts)}): the "
+            "applications there must accept the new password before the role gets it"
+        )
     old = db.app_password.get_secret_value()
     _store(settings, layout, PasswordKind.APP, new)
     user = service_user()
@@ -435,6 +441,12 @@ def _rotate_app(
         write_app_files(rotated, layout, user)  # the password file now holds the new one only
         result.steps.append("applications: the new password, read at their next connection")
     _check_switch(rotated, primary.name, db.app_user, db.name, new, old, result)
+    others = [h for h in app_hosts if h != settings.this_host().name]
+    if others:
+        result.next_steps.append(
+            f"the applications on {', '.join(others)} still use the old password for new "
+            "connections: copy the bundle there and run 'start video' at once"
+        )
 
 
 def _check_switch(

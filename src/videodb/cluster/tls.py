@@ -67,8 +67,8 @@ def load_ca(settings: Settings, layout: StateLayout, *, create: bool = False) ->
         if ca is None:
             raise ConfigError(
                 f"the secrets bundle {settings.secrets_bundle} holds no cluster CA (it was made "
-                "before TLS); add one with 'platform.sh --cluster FILE rotate ca --phase trust' "
-                "and copy the bundle to every host"
+                "before TLS); add one with 'platform.sh cluster init FILE' (the passwords are "
+                "kept), copy the bundle to every host, and restart each host's part"
             )
         return ca
     cert, key = layout.secret(LOCAL_CA_CERT), layout.secret(LOCAL_CA_KEY)
