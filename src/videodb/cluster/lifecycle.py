@@ -29,7 +29,7 @@ from videodb.cluster.supervisor import (
     stop_supervisord,
     supervisord_pid,
 )
-from videodb.cluster.tls import client_context
+from videodb.cluster.tls import client_context, ensure_host_certs
 from videodb.config import Settings
 from videodb.errors import ClusterError, TimeoutExpired
 from videodb.layout import StateLayout, service_user
@@ -108,6 +108,9 @@ def start(
     tools = check_prerequisites(settings, layout, user)
     fresh = is_fresh(settings, layout)
     held_back = nodes_to_hold_back(settings, layout)
+    # This host's certificates first: asking the running etcd whether to join it needs them (a
+    # new host that cannot verify the others would take itself for the first and bootstrap).
+    ensure_host_certs(settings, layout, user, progress)
     join = etcd_join(settings, layout)
     if join is not None:
         progress(f"joining the running etcd cluster ({join.initial_cluster})")

@@ -434,6 +434,11 @@ def _rotate_app(
             )
         )
     result.steps.append(f"role {db.app_user}: new password set on {primary.name}")
+    if apps_here:
+        # The read port reaches replicas: keep the old password accepted until every replica
+        # has replayed the change, or a new reader connection to a lagging one would fail.
+        progress("waiting for every replica to replay the new password")
+        _wait_replayed(settings, current, primary)
     rotated = settings.model_copy(
         update={"database": db.model_copy(update={"app_password": SecretStr(new)})}
     )
@@ -446,6 +451,34 @@ def _rotate_app(
         result.next_steps.append(
             f"the applications on {', '.join(others)} still use the old password for new "
             "connections: copy the bundle there and run 'start video' at once"
+        )
+
+
+def _wait_replayed(settings: Settings, current: ClusterSecrets, primary: NodeSpec) -> None:
+    with connect_superuser(settings, current, primary) as conn:
+        row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+    assert row is not None
+    target = str(row[0])
+    for node in settings.nodes:
+        if node.name == primary.name:
+            continue
+
+        def replayed(node: NodeSpec = node) -> bool:
+            try:
+                with connect_superuser(settings, current, node, timeout=2) as conn:
+                    done = conn.execute(
+                        "SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (target,)
+                    ).fetchone()
+            except ClusterError:
+                return True  # a node that is down serves no reads; it replays when it is back
+            return bool(done and done[0])
+
+        wait_for(
+            replayed,
+            timeout=RELOAD_WAIT_S,
+            what=f"{node.name} replaying the password change",
+            interval=0.1,
+            hint="see 'platform.sh replication-status'",
         )
 
 
