@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import time
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -18,6 +19,7 @@ from videodb.db import (
     TokenError,
     classify,
 )
+from videodb.db.layer import connect_with_password_file
 from videodb.db.readonly import check_read_only
 from videodb.db.retry import Backoff
 from videodb.db.token import format_lsn, parse_lsn
@@ -150,3 +152,37 @@ def test_routing_decisions_without_a_server() -> None:
     assert layer._usable(conn, lagging, token, 5.0)[0] is False  # type: ignore[arg-type]
     assert layer._usable(conn, lagging, None, 10.0)[0] is True  # type: ignore[arg-type]
     layer.dispose()
+
+
+class _SwitchingServer:
+    """A role whose password changes from 'old' to 'new' right after the first refusal: the
+    rotation's race (the new one refused, then the old one too)."""
+
+    def __init__(self) -> None:
+        self.current = "old"
+        self.tries: list[str] = []
+
+    def connect(self, *_: object, password: str) -> str:
+        self.tries.append(password)
+        if password != self.current:
+            self.current = "new"
+            raise psycopg.OperationalError('FATAL:  password authentication failed for user "u"')
+        return f"connected with {password}"
+
+
+def test_a_password_change_between_two_attempts_is_retried(tmp_path: Path) -> None:
+    path = tmp_path / "app-password"
+    path.write_text("new\nold\n")
+    server = _SwitchingServer()
+    assert connect_with_password_file(path, server, None, (), {}) == "connected with new"
+    assert server.tries == ["new", "old", "new"]
+
+
+def test_a_wrong_password_is_not_retried_forever(tmp_path: Path) -> None:
+    path = tmp_path / "app-password"
+    path.write_text("wrong\n")
+    server = _SwitchingServer()
+    server.current = "right"
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        connect_with_password_file(path, server, None, (), {})
+    assert len(server.tries) == 3

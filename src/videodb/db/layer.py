@@ -126,25 +126,32 @@ def _refuse_flush(session: Session, *_: Any) -> None:
         )
 
 
+PASSWORD_PASSES = 3
+
+
 def connect_with_password_file(
     path: Path, dialect: Any, _record: Any, cargs: Any, cparams: dict[str, Any]
 ) -> Any:
     """Connect with the passwords in `path`, in order, moving on only when one is refused:
-    during 'rotate password app' the file holds the new password and the old one."""
-    try:
-        passwords = [p for p in path.read_text(encoding="utf-8").splitlines() if p]
-    except OSError as exc:
-        raise psycopg.OperationalError(
-            f"the application password file {path} cannot be read ({exc.strerror})"
-        ) from exc
-    for index, password in enumerate(passwords):
-        cparams["password"] = password
+    during 'rotate password app' the file holds the new password and the old one. The role may
+    change from the old to the new between two attempts (the new one refused, then the old one
+    too): the file is read and tried again, a few passes at most."""
+    for attempt in range(PASSWORD_PASSES):
         try:
-            return dialect.connect(*cargs, **cparams)
-        except psycopg.OperationalError as exc:
-            refused = exc.sqlstate == "28P01" or "password authentication failed" in str(exc)
-            if not refused or index == len(passwords) - 1:
-                raise
+            passwords = [p for p in path.read_text(encoding="utf-8").splitlines() if p]
+        except OSError as exc:
+            raise psycopg.OperationalError(
+                f"the application password file {path} cannot be read ({exc.strerror})"
+            ) from exc
+        for index, password in enumerate(passwords):
+            cparams["password"] = password
+            try:
+                return dialect.connect(*cargs, **cparams)
+            except psycopg.OperationalError as exc:
+                refused = exc.sqlstate == "28P01" or "password authentication failed" in str(exc)
+                last = index == len(passwords) - 1
+                if not refused or (last and attempt == PASSWORD_PASSES - 1):
+                    raise
     return dialect.connect(*cargs, **cparams)
 
 
