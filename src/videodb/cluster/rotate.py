@@ -423,16 +423,7 @@ def _rotate_app(
         write_private(password_file, f"{new}\n{old}\n")
         if not user.is_current:
             os.chown(password_file, user.uid, user.gid)
-    primary = PatroniAPI(settings).require_leader("to change the password on")
-    with connect_superuser(settings, current, primary) as conn:
-        verifier = conn.pgconn.encrypt_password(
-            new.encode(), db.app_user.encode(), b"scram-sha-256"
-        ).decode()
-        conn.execute(
-            sql.SQL("ALTER ROLE {} PASSWORD {}").format(
-                sql.Identifier(db.app_user), sql.Literal(verifier)
-            )
-        )
+    primary = _set_role_password(settings, current, db.app_user, new)
     result.steps.append(f"role {db.app_user}: new password set on {primary.name}")
     if apps_here:
         # The read port reaches replicas: keep the old password accepted until every replica
@@ -452,6 +443,21 @@ def _rotate_app(
             f"the applications on {', '.join(others)} still use the old password for new "
             "connections: copy the bundle there and run 'start video' at once"
         )
+
+
+def _set_role_password(
+    settings: Settings, current: ClusterSecrets, role: str, password: str
+) -> NodeSpec:
+    """ALTER ROLE on the primary with a SCRAM verifier made here (no clear text in its logs)."""
+    primary = PatroniAPI(settings).require_leader("to change the password on")
+    with connect_superuser(settings, current, primary) as conn:
+        verifier = conn.pgconn.encrypt_password(
+            password.encode(), role.encode(), b"scram-sha-256"
+        ).decode()
+        conn.execute(
+            sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(role), sql.Literal(verifier))
+        )
+    return primary
 
 
 def _wait_replayed(settings: Settings, current: ClusterSecrets, primary: NodeSpec) -> None:
@@ -526,16 +532,7 @@ def _rotate_superuser(
     db = settings.database
     old = current.superuser_password
     _store(settings, layout, PasswordKind.SUPERUSER, new)
-    primary = PatroniAPI(settings).require_leader("to change the password on")
-    with connect_superuser(settings, current, primary) as conn:
-        verifier = conn.pgconn.encrypt_password(
-            new.encode(), db.superuser.encode(), b"scram-sha-256"
-        ).decode()
-        conn.execute(
-            sql.SQL("ALTER ROLE {} PASSWORD {}").format(
-                sql.Identifier(db.superuser), sql.Literal(verifier)
-            )
-        )
+    primary = _set_role_password(settings, current, db.superuser, new)
     result.steps.append(f"role {db.superuser}: new password set on {primary.name}")
     write_pgpass(layout, "*", db.superuser, new)
     progress("Patroni takes the new superuser password (reload; its connections stay)")
