@@ -26,15 +26,20 @@ from videodb.sandbox import sandbox
 
 
 def pgbench(
-    settings: Settings, port: int, args: list[str], extra_env: dict[str, str] | None = None
+    settings: Settings,
+    port: int | str,
+    args: list[str],
+    extra_env: dict[str, str] | None = None,
+    host: str | None = None,
 ) -> str:
-    """pgbench as the application role; `extra_env`: libpq variables (PGSSLMODE...)."""
+    """pgbench as the application role; `extra_env`: libpq variables (PGSSLMODE...); `host` and
+    `port` may list several (libpq multi-host)."""
     db = settings.database
     env = {**os.environ, "PGPASSWORD": db.app_password.get_secret_value(), **(extra_env or {})}
     argv = [
         str(settings.postgresql.bin_dir / "pgbench"),
         "-h",
-        settings.listen_host,
+        host or settings.listen_host,
         "-p",
         str(port),
         "-U",
@@ -93,17 +98,30 @@ def main() -> None:
             lifecycle.start(s, box.layout)
             pgbench(s, s.haproxy.write_port, ["-i", "-q", "-s", str(args.scale)])
             run = ["-n", "-S", "-c", str(args.clients), "-j", "2", "-T", str(args.seconds)]
-            targets = {
-                "direct master": s.nodes[0].port,
-                "HAProxy read": s.haproxy.read_port,
-                "HAProxy write": s.haproxy.write_port,
+            hosts = ",".join(s.node_address(n) for n in s.nodes)
+            ports = ",".join(str(n.port) for n in s.nodes)
+            # name: (host, port, libpq environment)
+            targets: dict[str, tuple[str | None, int | str, dict[str, str]]] = {
+                "direct master": (None, s.nodes[0].port, {}),
+                "HAProxy read": (None, s.haproxy.read_port, {}),
+                "HAProxy write": (None, s.haproxy.write_port, {}),
+                # what routing = "direct" asks libpq for (videodb.db.layer.direct_targets)
+                "direct-routing writer": (hosts, ports, {"PGTARGETSESSIONATTRS": "read-write"}),
+                "direct-routing reader": (
+                    hosts,
+                    ports,
+                    {"PGTARGETSESSIONATTRS": "prefer-standby", "PGLOADBALANCEHOSTS": "random"},
+                ),
             }
             pgbench(s, s.nodes[0].port, ["-n", "-S", "-T", "2"])  # warm the caches
-            figures = {name: tps(pgbench(s, port, run)) for name, port in targets.items()}
+            figures = {
+                name: tps(pgbench(s, port, run, env, host))
+                for name, (host, port, env) in targets.items()
+            }
             base = figures["direct master"]
             print(f"pgbench -n -S -c {args.clients} -j 2 -T {args.seconds}, scale {args.scale}:")
             for name, value in figures.items():
-                print(f"  {name:14s} {value:10.0f} tps  ratio to direct {value / base:.2f}")
+                print(f"  {name:22s} {value:10.0f} tps  ratio to direct {value / base:.2f}")
             vis = sorted(visibility_ms(s, 200))
             p99 = vis[int(len(vis) * 0.99) - 1]
             print(

@@ -206,6 +206,9 @@ class AppsSpec(_Strict):
     # result; older keys are forgotten by the upload service (checked every hour at most).
     idempotency_ttl_h: Annotated[float, Field(gt=0, le=24 * 365)] = 24.0
     autostart: bool = True  # 'start video' starts the applications after the cluster
+    # How the applications reach PostgreSQL: "haproxy" (the guide's write and read ports) or
+    # "direct" (libpq multi-host to the nodes, no proxy hop; docs/operator-guide.md, "Routing").
+    routing: Literal["haproxy", "direct"] = "haproxy"
 
     def service_ports(self) -> dict[ServiceName, int]:
         """Each application's own port, by service name: the one place they are listed."""

@@ -123,7 +123,8 @@ def haproxy_table(servers: list[ServerStatus]) -> Table:
 def drill_table(report: DrillReport) -> Table:
     table = Table(title=f"failover-test --fault {report.fault}", title_justify="left")
     columns = ("run", "old -> new master", "write down s", "read down s", "acked", "lost")
-    for column in (*columns, "in doubt", "failed reads", "two masters", "healed (s)"):
+    more = ("in doubt", "read-only", "failed reads", "unprotected s", "two masters", "healed (s)")
+    for column in (*columns, *more):
         table.add_column(column)
     for i, r in enumerate(report.runs, 1):
         table.add_row(
@@ -134,7 +135,9 @@ def drill_table(report: DrillReport) -> Table:
             str(r.acknowledged),
             f"[red]{r.lost_acknowledged}[/]" if r.lost_acknowledged else "0",
             str(r.in_doubt),
+            f"[red]{r.read_only_writes}[/]" if r.read_only_writes else "0",
             str(r.failed_reads),
+            "-" if r.unprotected_s is None else f"{r.unprotected_s:.2f}",
             "[red]YES[/]" if r.two_primaries else "no",
             f"{'yes' if r.healed else '[red]NO[/]'} ({r.heal_s:.1f})",
         )

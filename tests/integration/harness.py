@@ -21,7 +21,7 @@ from videodb.cluster import lifecycle
 from videodb.cluster.health import check_health
 from videodb.cluster.patroni_api import PatroniAPI
 from videodb.cluster.postmaster import postmaster_pid
-from videodb.cluster.supervisor import Supervisor, supervisord_pid
+from videodb.cluster.supervisor import Supervisor, pid_alive, supervisord_pid
 from videodb.cluster.topology import with_extra_nodes
 from videodb.config import Settings, load_settings
 from videodb.layout import StateLayout
@@ -180,11 +180,8 @@ def started_pids(cluster: RunningCluster) -> set[int]:
 
 
 def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+    """Running: an exited process not reaped yet (PID 1 here reaps late) does not count."""
+    return pid_alive(pid)
 
 
 @contextmanager

@@ -14,6 +14,7 @@ from psycopg import errors
 
 from tests.integration.harness import RunningCluster
 from videodb.backups.progress import size
+from videodb.cluster.supervisor import supervisord_pid
 from videodb.layout import tls_files
 from videodb.secrets import SUPERUSER_FILE
 from videodb.waiting import wait_for
@@ -110,6 +111,25 @@ def test_status_lists_every_process_with_role_pid_port(cluster: RunningCluster) 
     for service in report["services"]:
         assert service["state"] == "RUNNING" and service["healthy"] and service["pid"] > 0
     assert by_name["postgres-video-slave"]["postgres_pid"] > 0
+
+
+def _ppid(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("PPid:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no PPid in /proc/{pid}/status")
+
+
+def test_supervisord_is_the_subreaper_of_the_postmasters(cluster: RunningCluster) -> None:
+    # Patroni double-forks PostgreSQL: without the subreaper flag a postmaster's parent is PID 1
+    # (which reaps late here and holds a switchover up); with it, supervisord.
+    supervisord = supervisord_pid(cluster.layout)
+    assert supervisord is not None and _ppid(supervisord) != 0
+    report = cluster.cli_json("status")
+    postmasters = [s["postgres_pid"] for s in report["services"] if s.get("postgres_pid")]
+    assert len(postmasters) == 2
+    for postmaster in postmasters:
+        assert _ppid(postmaster) == supervisord
 
 
 def test_guide_write_test_through_write_port_lands_on_master(cluster: RunningCluster) -> None:

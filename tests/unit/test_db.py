@@ -19,7 +19,7 @@ from videodb.db import (
     TokenError,
     classify,
 )
-from videodb.db.layer import connect_with_password_file
+from videodb.db.layer import connect_with_password_file, direct_targets
 from videodb.db.readonly import check_read_only
 from videodb.db.retry import Backoff
 from videodb.db.token import format_lsn, parse_lsn
@@ -186,3 +186,30 @@ def test_a_wrong_password_is_not_retried_forever(tmp_path: Path) -> None:
     with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
         connect_with_password_file(path, server, None, (), {})
     assert len(server.tries) == 3
+
+
+def test_direct_routing_needs_the_nodes_and_names_the_fix() -> None:
+    with pytest.raises(ValueError, match="list them in nodes"):
+        DataSourceSettings(routing="direct")
+    with pytest.raises(ValueError, match="is not address:port"):
+        DataSourceSettings(routing="direct", nodes=("10.0.0.5",))
+    parsed = DataSourceSettings.from_env(
+        {"VIDEODB_DB_ROUTING": "direct", "VIDEODB_DB_NODES": "10.0.0.5:5433, 10.0.0.6:5434"}
+    )
+    assert parsed.nodes == ("10.0.0.5:5433", "10.0.0.6:5434")
+
+
+def test_direct_targets_ask_for_a_writable_node_and_any_standby_by_service_name() -> None:
+    s = DataSourceSettings(
+        routing="direct", nodes=("10.0.0.5:5433", "10.0.0.6:5434"), tls_name="video-postgres"
+    )
+    writer = direct_targets(s, "writer")
+    assert writer == {
+        "port": "5433,5434",
+        "host": "video-postgres,video-postgres",
+        "hostaddr": "10.0.0.5,10.0.0.6",
+        "target_session_attrs": "read-write",
+    }
+    reader = direct_targets(s, "reader")
+    assert reader["target_session_attrs"] == "prefer-standby"
+    assert reader["load_balance_hosts"] == "random"

@@ -47,6 +47,7 @@ HOST_FAULTS = {
 }
 WRITE_TABLE = "videodb_drill"
 PROBE_TABLE = "videodb_drill_probe"
+READ_ONLY_SQLSTATE = "25006"
 Progress = Callable[[str], None]
 
 
@@ -61,7 +62,9 @@ class DrillRun:
     acknowledged: int
     lost_acknowledged: int
     in_doubt: int
+    read_only_writes: int
     failed_reads: int
+    unprotected_s: float | None  # sync modes: commits acknowledged with no synchronous standby
     two_primaries: bool
     healed: bool
     heal_s: float
@@ -78,8 +81,20 @@ class DrillReport:
         for key in ("write_downtime_s", "read_downtime_s", "heal_s"):
             values = [getattr(r, key) for r in self.runs]
             data[key] = {"median": round(statistics.median(values), 3), "worst": max(values)}
-        for key in ("acknowledged", "lost_acknowledged", "in_doubt", "failed_reads"):
+        for key in (
+            "acknowledged",
+            "lost_acknowledged",
+            "in_doubt",
+            "read_only_writes",
+            "failed_reads",
+        ):
             data[key] = sum(getattr(r, key) for r in self.runs)
+        unprotected = [r.unprotected_s for r in self.runs if r.unprotected_s is not None]
+        data["unprotected_s"] = (
+            {"median": round(statistics.median(unprotected), 3), "worst": max(unprotected)}
+            if unprotected
+            else None
+        )
         data["two_primaries"] = any(r.two_primaries for r in self.runs)
         data["healed"] = all(r.healed for r in self.runs)
         return data
@@ -93,9 +108,11 @@ class DrillReport:
 class _Recorder:
     acked: list[tuple[str, float]] = field(default_factory=list)  # (id, ack time)
     in_doubt: list[str] = field(default_factory=list)
+    read_only_writes: int = 0
     reads_ok: list[float] = field(default_factory=list)
     failed_reads: int = 0
     probes: list[tuple[str, float]] = field(default_factory=list)  # (node, ack time)
+    sync_samples: list[tuple[float, bool]] = field(default_factory=list)  # (ack time, unprotected)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -125,9 +142,12 @@ def _writer(settings: Settings, stop: threading.Event, rec: _Recorder) -> None:
         wid = str(uuid.uuid4())
         try:
             conn.execute(f"INSERT INTO {WRITE_TABLE} (id) VALUES (%s)", (wid,))
-        except psycopg.Error:
+        except psycopg.Error as exc:
             with rec.lock:
                 rec.in_doubt.append(wid)
+                # The write port reached a server in recovery (SQLSTATE 25006): it must route
+                # only to a writable primary.
+                rec.read_only_writes += exc.sqlstate == READ_ONLY_SQLSTATE
             conn.close()
             conn = None
             continue
@@ -157,9 +177,16 @@ def _prober(settings: Settings, node: NodeSpec, stop: threading.Event, rec: _Rec
         try:
             params = _app_params(settings, node.port, settings.node_address(node))
             with psycopg.connect(**params) as conn:
-                conn.execute(f"INSERT INTO {PROBE_TABLE} (node) VALUES (%s)", (node.name,))
+                row = conn.execute(
+                    f"INSERT INTO {PROBE_TABLE} (node) VALUES (%s) "
+                    "RETURNING current_setting('synchronous_standby_names')",
+                    (node.name,),
+                ).fetchone()
+            acked = time.monotonic()
             with rec.lock:
-                rec.probes.append((node.name, time.monotonic()))
+                rec.probes.append((node.name, acked))
+                # Acknowledged with no synchronous standby named: a commit no replica holds.
+                rec.sync_samples.append((acked, not (row and row[0])))
         except psycopg.Error:
             pass
         stop.wait(0.05)
@@ -169,6 +196,13 @@ def _max_gap(times: list[float], start: float, end: float) -> float:
     points = sorted(t for t in times if start <= t <= end)
     edges = [start, *points, end]
     return max(b - a for a, b in itertools.pairwise(edges))
+
+
+def _unprotected_s(samples: list[tuple[float, bool]]) -> float:
+    """How long commits were acknowledged with `synchronous_standby_names` empty: each probe
+    commit acknowledged so counts until the next probe commit (probes run every 50 ms)."""
+    points = sorted(samples)
+    return sum(b - a for (a, empty), (b, _) in itertools.pairwise(points) if empty)
 
 
 def _two_primaries(probes: list[tuple[str, float]], old: str) -> bool:
@@ -420,7 +454,13 @@ def run_drill(
         acknowledged=len(rec.acked),
         lost_acknowledged=len(lost),
         in_doubt=len(rec.in_doubt),
+        read_only_writes=rec.read_only_writes,
         failed_reads=rec.failed_reads,
+        unprotected_s=(
+            None
+            if settings.patroni.replication == "async"
+            else round(_unprotected_s(rec.sync_samples), 3)
+        ),
         two_primaries=_two_primaries(rec.probes, old.name),
         healed=healed,
         heal_s=round(heal_s, 3),

@@ -193,11 +193,26 @@ def switchover(
 
     # Right after a failover or a switchover the former master may still be rejoining: wait
     # (within the timeout) for it, or for any replica, to be running.
+    synchronous = settings.patroni.replication != "async"
+
+    def named_sync(name: str) -> bool:
+        try:
+            return api.get(settings.node(name), "/sync")[0] == 200
+        except OSError:
+            return False
+
     def running_replica() -> str | None:
         try:
-            return choose_candidate(settings, candidate)
+            chosen = choose_candidate(settings, candidate)
         except ClusterError:
             return None
+        if synchronous and candidate is None:
+            # Patroni refuses (HTTP 412) a switchover to a replica that is not its synchronous
+            # standby: take the one it named, once it has (not yet right after 'start
+            # --replication sync').
+            named = [n.name for n in settings.nodes if n.name != old.name and named_sync(n.name)]
+            return named[0] if named else None
+        return chosen
 
     target = wait_for(
         running_replica,
@@ -205,6 +220,15 @@ def switchover(
         what=f"{candidate or 'a replica'} running as a replica to switch over to",
         hint="see 'platform.sh status'",
     )
+    if synchronous:
+        wait_for(
+            lambda: named_sync(target),
+            timeout=timeout,
+            what=f"Patroni naming {target} its synchronous standby (it refuses a switchover to "
+            "another)",
+            hint="see 'platform.sh replication-status'",
+            interval=0.1,
+        )
     sync = wait_sync(settings, secrets, timeout=min(timeout, 30.0))
     if not sync.synced:
         raise TimeoutExpired(

@@ -273,10 +273,17 @@ def haproxy_state_file(layout: StateLayout) -> Path:
     return layout.run / "haproxy-servers.state"
 
 
+# Patroni's /primary answers 200 as soon as the node holds the leader lock, before PostgreSQL has
+# left recovery: writes got SQLSTATE 25006 for about 0.6 s after each promotion. The body's "role"
+# comes from pg_is_in_recovery(), so the write port also waits for PostgreSQL to be writable.
+WRITABLE_PRIMARY = ('rstring \'"role": ?"primary"\'',)
+
+
 def haproxy_config(settings: Settings, layout: StateLayout) -> str:
-    """Write port: Patroni's /primary only. Read port: /readiness?lag= (the primary, and the
-    replicas that are streaming and within `haproxy.read_max_lag` of it; a replica cut off from
-    the primary stops streaming and drops out).
+    """Write port: Patroni's /primary, with PostgreSQL out of recovery (WRITABLE_PRIMARY). Read
+    port: /readiness?lag= (the primary, and the replicas that are streaming and within
+    `haproxy.read_max_lag` of it; a replica cut off from the primary stops streaming and drops
+    out).
 
     Only the health check marks a server DOWN (then its sessions are cut). A connection error
     seen on live traffic merely brings the next check forward (`on-error fastinter`): during a
@@ -294,13 +301,16 @@ def haproxy_config(settings: Settings, layout: StateLayout) -> str:
         f"check-ssl verify required ca-file {tls_files(layout).ca}"
     )
 
-    def backend(name: str, port: int, check_path: str, balance: str) -> list[str]:
+    def backend(
+        name: str, port: int, check_path: str, balance: str, expect: tuple[str, ...] = ()
+    ) -> list[str]:
         lines = [
             f"listen {name}",
             f"    bind {host}:{port}",
             f"    balance {balance}",
             f"    option httpchk GET {check_path}",
             "    http-check expect status 200",
+            *(f"    http-check expect {rule}" for rule in expect),
             f"    default-server {server_opts}",
         ]
         lines += [
@@ -331,7 +341,7 @@ def haproxy_config(settings: Settings, layout: StateLayout) -> str:
         "    retries 3",
         "    option redispatch 1",  # a refused connection is retried on another server at once
         "",
-        *backend(WRITE_BACKEND, h.write_port, "/primary", "first"),
+        *backend(WRITE_BACKEND, h.write_port, "/primary", "first", WRITABLE_PRIMARY),
         *backend(READ_BACKEND, h.read_port, read_check_path(settings), "roundrobin"),
         "listen stats",
         "    mode http",
@@ -496,7 +506,8 @@ def supervisor_config(
         f"childlogdir={layout.logs}\n"
         "logfile_maxbytes=5MB\n"
         "loglevel=info\n"
-        "nodaemon=false\n"
+        "nodaemon=true\n"  # started by cluster/reaper.py, which detaches it
+        "silent=true\n"
         "minfds=4096\n"
         f"directory={layout.root}\n\n"
         "[rpcinterface:supervisor]\n"

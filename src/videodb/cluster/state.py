@@ -123,7 +123,7 @@ def validate_haproxy(tools: render.Toolchain, layout: StateLayout) -> None:
     if not layout.haproxy_config().exists():
         return  # this host runs no HAProxy
     result = run_tool(
-        [str(tools.haproxy), "-c", "-q", "-f", str(layout.haproxy_config())],
+        [str(tools.haproxy), "-c", "-f", str(layout.haproxy_config())],
         what="haproxy -c",
         timeout=30,
         check=False,

@@ -37,14 +37,19 @@ def supervisord_binary() -> Path:
     return Path(sys.executable).parent / "supervisord"
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether `pid` runs; an exited process its parent has not reaped yet (a zombie) does not."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return True
+    return stat.rpartition(")")[2].split()[:1] != ["Z"]
 
 
 def supervisord_pid(layout: StateLayout) -> int | None:
@@ -53,7 +58,7 @@ def supervisord_pid(layout: StateLayout) -> int | None:
         pid = int(layout.supervisor_pidfile().read_text().strip())
     except (OSError, ValueError):
         return None
-    if not _pid_alive(pid):
+    if not pid_alive(pid):
         return None
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
@@ -155,15 +160,27 @@ class Supervisor:
 
 
 def start_supervisord(layout: StateLayout, timeout: float = 15.0) -> Supervisor:
-    """Start supervisord (it daemonizes) and wait until it answers on its socket."""
+    """Start supervisord, detached and as a child subreaper (cluster/reaper.py), and wait until
+    it answers on its socket."""
     binary = supervisord_binary()
     if not binary.exists():
         raise ClusterError(
             f"{binary} not found; run the CLI from the project's environment ('platform.sh ...')"
         )
+    output = layout.logs / "supervisord.out"
     # Every program inherits supervisord's environment: a clean one (no PGPASSWORD...).
     result = run_tool(
-        [str(binary), "-c", str(layout.supervisor_config())],
+        [
+            sys.executable,
+            "-m",
+            "videodb.cluster.reaper",
+            str(layout.root),
+            str(output),
+            str(binary),
+            "-n",
+            "-c",
+            str(layout.supervisor_config()),
+        ],
         what="supervisord",
         timeout=timeout,
         check=False,
@@ -174,13 +191,31 @@ def start_supervisord(layout: StateLayout, timeout: float = 15.0) -> Supervisor:
             f"{(result.stderr or result.stdout).strip()}; see {layout.program_log('supervisord')}"
         )
     client = Supervisor(layout)
+
+    def answering() -> bool:
+        if client.answering():
+            return True
+        said = _tail(output)
+        if "Error" in said or "error:" in said:
+            raise ClusterError(f"supervisord did not start: {said}; see {output}")
+        return False
+
     wait_for(
-        lambda: client.answering(),
+        answering,
         timeout=timeout,
         what="supervisord answering",
-        hint=f"see {layout.program_log('supervisord')}",
+        hint=f"see {layout.program_log('supervisord')} and {output}",
     )
     return client
+
+
+def _tail(path: Path, size: int = 2000) -> str:
+    try:
+        with path.open("rb") as f:
+            f.seek(max(0, path.stat().st_size - size))
+            return f.read().decode(errors="replace").strip()
+    except OSError:
+        return ""
 
 
 def stop_supervisord(layout: StateLayout, timeout: float = 120.0) -> int | None:
@@ -193,9 +228,9 @@ def stop_supervisord(layout: StateLayout, timeout: float = 120.0) -> int | None:
     except NotRunningError:
         os.kill(pid, 15)
     deadline = time.monotonic() + timeout
-    while _pid_alive(pid) and time.monotonic() < deadline:
+    while pid_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.1)
-    if _pid_alive(pid):
+    if pid_alive(pid):
         raise ClusterError(
             f"supervisord (pid {pid}) still running {timeout:.0f} s after shutdown; "
             f"see {layout.program_log('supervisord')}"

@@ -155,6 +155,29 @@ def connect_with_password_file(
     return dialect.connect(*cargs, **cparams)
 
 
+def direct_targets(s: DataSourceSettings, name: str) -> dict[str, str]:
+    """libpq multi-host parameters for direct routing (they override the URL's host and port).
+
+    The writer takes the first node that accepts writes (target_session_attrs=read-write: libpq
+    asks each, so a demoted master is skipped); the reader a random standby, the primary when no
+    standby answers (prefer-standby, load_balance_hosts=random). A cancel request goes to the
+    server the connection is on, which HAProxy's round robin could not promise.
+    """
+    addresses, ports = s.node_addresses()
+    targets = {"port": ",".join(ports)}
+    if s.tls_name:  # verify every node by the service name its certificate holds
+        targets["host"] = ",".join(s.tls_name for _ in addresses)
+        targets["hostaddr"] = ",".join(addresses)
+    else:
+        targets["host"] = ",".join(addresses)
+    if name == "writer":
+        targets["target_session_attrs"] = "read-write"
+    else:
+        targets["target_session_attrs"] = "prefer-standby"
+        targets["load_balance_hosts"] = "random"
+    return targets
+
+
 class DataLayer:
     """A writer engine and a reader engine (SQLAlchemy 2 on psycopg 3), like the guide's two
     datasources, with read-your-writes tokens, staleness bounds and failover-safe retries."""
@@ -201,6 +224,8 @@ class DataLayer:
         }
         if s.tls_name:
             connect_args["hostaddr"] = s.host  # connect there, verify the certificate's name
+        if s.routing == "direct":
+            connect_args.update(direct_targets(s, name))
         if s.sslrootcert is not None:
             connect_args["sslrootcert"] = str(s.sslrootcert)
         engine = create_engine(

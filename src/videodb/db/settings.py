@@ -7,13 +7,25 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from videodb.config import DEV_APP_PASSWORD, Settings
 from videodb.errors import ConfigError
 from videodb.layout import resolve_layout, tls_files
 
 Profile = Literal["development", "replica"]
+# haproxy: the guide's datasources, the write and read ports. direct: libpq multi-host straight to
+# the PostgreSQL nodes (the writer asks for target_session_attrs=read-write, the reader for
+# prefer-standby with load_balance_hosts=random), no proxy hop.
+Routing = Literal["haproxy", "direct"]
 
 
 class DataSourceSettings(BaseModel):
@@ -40,6 +52,9 @@ class DataSourceSettings(BaseModel):
     sslmode: Literal["disable", "prefer", "require", "verify-ca", "verify-full"] = "prefer"
     sslrootcert: Path | None = None
     tls_name: str | None = None
+    routing: Routing = "haproxy"
+    # direct routing: every PostgreSQL node, "address:port" (VIDEODB_DB_NODES: comma-separated)
+    nodes: tuple[str, ...] = ()
     writer_pool_size: Annotated[int, Field(ge=1, le=500)] = 10
     reader_pool_size: Annotated[int, Field(ge=1, le=500)] = 15
     min_idle: Annotated[int, Field(ge=0, le=500)] = 5
@@ -47,6 +62,36 @@ class DataSourceSettings(BaseModel):
     token_wait_ms: Annotated[int, Field(ge=0, le=60_000)] = 100
     max_lag_s: Annotated[float, Field(gt=0)] | None = None
     retry_deadline_s: Annotated[float, Field(gt=0, le=600)] = 30.0
+
+    @field_validator("nodes", mode="before")
+    @classmethod
+    def _split_nodes(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(n.strip() for n in value.split(",") if n.strip())
+        return value
+
+    @field_validator("nodes")
+    @classmethod
+    def _check_nodes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for node in value:
+            address, _, port = node.rpartition(":")
+            if not address or not port.isdigit() or not 1 <= int(port) <= 65535:
+                raise ValueError(f"{node!r} is not address:port (e.g. 10.0.0.5:5433)")
+        return value
+
+    @model_validator(mode="after")
+    def _direct_needs_nodes(self) -> DataSourceSettings:
+        if self.routing == "direct" and not self.nodes:
+            raise ValueError(
+                "routing 'direct' connects to the PostgreSQL nodes themselves: list them in "
+                "nodes (address:port each)"
+            )
+        return self
+
+    def node_addresses(self) -> tuple[list[str], list[str]]:
+        """The direct nodes' addresses and ports, in order."""
+        pairs = [n.rpartition(":") for n in self.nodes]
+        return [a for a, _, _ in pairs], [p for _, _, p in pairs]
 
     @classmethod
     def for_platform(
@@ -67,6 +112,8 @@ class DataSourceSettings(BaseModel):
             "sslmode": "verify-full",
             "sslrootcert": tls_files(resolve_layout(settings)).ca,
             "tls_name": settings.postgres_tls_name(),
+            "routing": settings.apps.routing,
+            "nodes": tuple(f"{settings.node_address(n)}:{n.port}" for n in settings.nodes),
         }
         values.update(overrides)
         return cls.model_validate(values)
