@@ -90,7 +90,7 @@ def test_tokens_never_read_stale_data_while_replay_is_delayed(
         fallbacks_before = (
             layer.registry.get_sample_value("videodb_reads_total", {"served_by": "writer"}) or 0.0
         )
-        stale, served = write_then_read(layer, 400, with_token=True)
+        stale, served = write_then_read(layer, 200, with_token=True)
         assert stale == 0, served
         assert served["writer"] > 40 and served["replica"] == 0, served
         fallbacks = layer.registry.get_sample_value("videodb_reads_total", {"served_by": "writer"})
