@@ -120,16 +120,19 @@ def _ppid(pid: int) -> int:
     raise AssertionError(f"no PPid in /proc/{pid}/status")
 
 
-def test_supervisord_is_the_subreaper_of_the_postmasters(cluster: RunningCluster) -> None:
-    # Patroni double-forks PostgreSQL: without the subreaper flag a postmaster's parent is PID 1
-    # (which reaps late here and holds a switchover up); with it, supervisord.
+def test_the_postmasters_are_reaped_by_the_platforms_subreaper(cluster: RunningCluster) -> None:
+    # Patroni double-forks PostgreSQL: without a subreaper a postmaster's parent is PID 1 (which
+    # reaps late here and held a switchover up); with it, the reaper above supervisord.
     supervisord = supervisord_pid(cluster.layout)
-    assert supervisord is not None and _ppid(supervisord) != 0
+    assert supervisord is not None
+    reaper = _ppid(supervisord)
+    cmdline = Path(f"/proc/{reaper}/cmdline").read_bytes().decode()
+    assert "videodb.cluster.reaper" in cmdline
     report = cluster.cli_json("status")
     postmasters = [s["postgres_pid"] for s in report["services"] if s.get("postgres_pid")]
     assert len(postmasters) == 2
     for postmaster in postmasters:
-        assert _ppid(postmaster) == supervisord
+        assert _ppid(postmaster) == reaper
 
 
 def test_guide_write_test_through_write_port_lands_on_master(cluster: RunningCluster) -> None:

@@ -1,12 +1,13 @@
-"""Start supervisord as a child subreaper, detached from the caller.
+"""Start supervisord under a child subreaper that reaps orphans at once, detached from the caller.
 
 Patroni double-forks PostgreSQL, so a postmaster's parent is the nearest subreaper, or PID 1. PID 1
-on these machines reaps late: an exited postmaster stays a zombie for about 1.4 s, Patroni's
-`is_running()` still sees it, and Patroni sleeps a second more in its shutdown before a switchover
-goes on (issue 14: the write pause fell from 2.39 s to 1.41 s with supervisord as the subreaper).
-`prctl(PR_SET_CHILD_SUBREAPER)` does not survive a fork, so supervisord must not daemonize itself
-(`nodaemon=true`): this launcher forks once (its parent returns at once, as a daemonizing
-supervisord did), starts a session, sets the flag, which survives `execv`, and becomes supervisord.
+on these machines reaps late: an exited postmaster stayed a zombie for about 1.4 s, Patroni's
+`is_running()` still saw it, and Patroni slept a second more in its shutdown before a switchover
+went on (issue 14: 2.39 s write pause). supervisord itself would reap late too: it polls with a
+one-second timeout, and Python resumes the poll after its SIGCHLD handler (PEP 475), so an orphan
+waited up to a second. This process is the subreaper instead: it forks supervisord (`-n`: a
+daemonizing supervisord would leave it) and blocks in `waitpid(-1)`, which returns the moment any
+orphan beneath it exits. It exits with supervisord's status; signals it gets go to supervisord.
 
     python -m videodb.cluster.reaper ROOT OUTPUT SUPERVISORD ARG...
 """
@@ -15,9 +16,12 @@ from __future__ import annotations
 
 import ctypes
 import os
+import signal
 import sys
+from types import FrameType
 
 PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
+FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2)
 
 
 def set_child_subreaper() -> None:
@@ -25,6 +29,17 @@ def set_child_subreaper() -> None:
     if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
         errno = ctypes.get_errno()
         raise OSError(errno, f"prctl(PR_SET_CHILD_SUBREAPER): {os.strerror(errno)}")
+
+
+def reap_until(child: int) -> int:
+    """Reap every process that exits beneath us until `child` does; its exit status."""
+    while True:
+        try:
+            pid, status = os.waitpid(-1, 0)
+        except ChildProcessError:
+            return 1
+        if pid == child:
+            return os.waitstatus_to_exitcode(status) & 0xFF
 
 
 def main(argv: list[str]) -> int:
@@ -46,7 +61,16 @@ def main(argv: list[str]) -> int:
     os.dup2(null, 0)
     os.dup2(out, 1)
     os.dup2(out, 2)
-    os.execv(binary, [binary, *args])
+    child = os.fork()
+    if child == 0:
+        os.execv(binary, [binary, *args])
+
+    def forward(signum: int, _frame: FrameType | None) -> None:
+        os.kill(child, signum)
+
+    for sig in FORWARDED:
+        signal.signal(sig, forward)
+    return reap_until(child)
 
 
 if __name__ == "__main__":

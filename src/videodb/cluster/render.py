@@ -296,7 +296,7 @@ def haproxy_config(settings: Settings, layout: StateLayout) -> str:
     # name. No `ssl` on the servers: PostgreSQL's own TLS passes through the TCP proxy untouched.
     server_opts = (
         f"check inter {h.check_interval_ms}ms fastinter {h.fast_interval_ms}ms "
-        f"downinter {h.fast_interval_ms}ms rise {h.rise} fall {h.fall} "
+        f"downinter {h.down_interval_ms}ms rise {h.rise} fall {h.fall} "
         "on-marked-down shutdown-sessions observe layer4 error-limit 1 on-error fastinter "
         f"check-ssl verify required ca-file {tls_files(layout).ca}"
     )

@@ -160,8 +160,8 @@ class Supervisor:
 
 
 def start_supervisord(layout: StateLayout, timeout: float = 15.0) -> Supervisor:
-    """Start supervisord, detached and as a child subreaper (cluster/reaper.py), and wait until
-    it answers on its socket."""
+    """Start supervisord, detached, beneath a subreaper that reaps orphans at once
+    (cluster/reaper.py), and wait until it answers on its socket."""
     binary = supervisord_binary()
     if not binary.exists():
         raise ClusterError(
