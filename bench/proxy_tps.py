@@ -1,9 +1,11 @@
-"""Benchmark: pgbench -n -S TPS direct to the master versus through HAProxy's 5436 and 5435.
+"""Benchmark: pgbench -n -S TPS direct to the master, through HAProxy, and with direct routing.
 
-    .venv/bin/python -m bench.proxy_tps [--seconds 10] [--clients 4] [--scale 10]
+    .venv/bin/python -m bench.proxy_tps [--seconds 10] [--clients 4] [--scale 10] [--rounds 3]
 
-All three are measured in one run on one cluster (free ports, temporary directory), so the figures
-that matter are the ratios. Also measures how long a row committed through the write port takes to
+Direct to the master; HAProxy's read and write ports; and what the data layer's direct routing asks
+libpq for (multi-host: the writer target_session_attrs=read-write, the reader prefer-standby with
+load_balance_hosts=random). All in one run on one cluster (free ports, temporary directory), in
+rounds, so the figures that matter are the ratios. Also measures how long a row committed through the write port takes to
 be visible through the read port on the replica (replication visibility).
 """
 
@@ -91,6 +93,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--scale", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     with sandbox("videodb-bench-") as box:
         s = box.settings
@@ -114,12 +117,18 @@ def main() -> None:
                 ),
             }
             pgbench(s, s.nodes[0].port, ["-n", "-S", "-T", "2"])  # warm the caches
-            figures = {
-                name: tps(pgbench(s, port, run, env, host))
-                for name, (host, port, env) in targets.items()
-            }
+            # Rounds in turn, medians: a shared machine drifts within a run, and the order of
+            # the targets must not decide the ratios.
+            samples: dict[str, list[float]] = {name: [] for name in targets}
+            for _ in range(args.rounds):
+                for name, (host, port, env) in targets.items():
+                    samples[name].append(tps(pgbench(s, port, run, env, host)))
+            figures = {name: statistics.median(values) for name, values in samples.items()}
             base = figures["direct master"]
-            print(f"pgbench -n -S -c {args.clients} -j 2 -T {args.seconds}, scale {args.scale}:")
+            print(
+                f"pgbench -n -S -c {args.clients} -j 2 -T {args.seconds}, scale {args.scale}, "
+                f"median of {args.rounds} rounds:"
+            )
             for name, value in figures.items():
                 print(f"  {name:22s} {value:10.0f} tps  ratio to direct {value / base:.2f}")
             vis = sorted(visibility_ms(s, 200))

@@ -3,10 +3,13 @@
     .venv/bin/python -m bench.read_latency [--reads 5000]
 
 On one throwaway cluster (free ports, temporary directory), one client thread:
-  direct        a persistent psycopg connection straight to the slave (no proxy, no pool)
-  reader        DataLayer.reader() through HAProxy's read port (pool checkout + session + query)
-  token, cached   the same with a token this pooled connection's node was already seen past
-  token, checked  the same with the position check forced (one more round trip)
+  raw, read port    a persistent psycopg connection through HAProxy's read port (no pool)
+  raw, slave        a persistent psycopg connection straight to the slave
+  read()            DataLayer.read() through the read port (pool checkout + session + query)
+  token, cached     the same with a token this pooled connection's node was already seen past
+  token, pipelined  the position check forced, sent with the read (one round trip)
+  token, asked      the position check forced, asked first (reader() without pipelining)
+  direct routing    DataLayer.read() with routing = "direct" (libpq multi-host, no proxy)
 Then the fallback rate: reads carrying the token of the write just made, while a second thread
 writes continuously, are served by a replica that has replayed it, or else by the writer.
 """
@@ -19,9 +22,11 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from typing import Any
 
 import psycopg
 from sqlalchemy import text
+from sqlalchemy.orm import Session
 
 from videodb.cluster import lifecycle
 from videodb.db import DataLayer, DataSourceSettings
@@ -30,7 +35,7 @@ from videodb.sandbox import sandbox
 QUERY = "SELECT v FROM bench_read WHERE id = 1"
 
 
-def measure(reads: int, op: Callable[[], None]) -> tuple[float, float, float]:
+def measure(reads: int, op: Callable[[], object]) -> tuple[float, float, float]:
     """(p50 ms, p99 ms, reads per second)."""
     for _ in range(200):
         op()
@@ -61,45 +66,53 @@ def main() -> None:
             token = unit.token
             time.sleep(0.5)  # let the slave replay the table before reading it directly
             db = s.database
-            direct = psycopg.connect(
-                host=s.listen_host,
-                port=s.nodes[1].port,
-                user=db.app_user,
-                password=db.app_password.get_secret_value(),
-                dbname=db.name,
-                autocommit=True,
-            )
+            common: dict[str, Any] = {
+                "host": s.listen_host,
+                "user": db.app_user,
+                "password": db.app_password.get_secret_value(),
+                "dbname": db.name,
+                "autocommit": True,
+            }
+            raw_port = psycopg.connect(port=s.haproxy.read_port, **common)
+            raw_slave = psycopg.connect(port=s.nodes[1].port, **common)
+            direct_layer = DataLayer(DataSourceSettings.for_platform(s, routing="direct"))
+            direct_layer.warm()
 
-            def direct_read() -> None:
-                direct.execute(QUERY).fetchone()
+            def query(session: Session) -> None:
+                session.execute(text(QUERY)).scalar_one()
 
-            def reader_read() -> None:
-                with layer.reader() as r:
-                    r.session.execute(text(QUERY)).scalar_one()
-
-            def token_read() -> None:
-                with layer.reader(token) as r:
-                    r.session.execute(text(QUERY)).scalar_one()
-
-            def token_read_checked() -> None:
-                # A staleness bound makes the layer ask the node every time: what a read right
-                # after a write (a token newer than the connection has seen) costs.
+            def asked() -> None:
                 with layer.reader(token, max_lag_s=3600.0) as r:
-                    r.session.execute(text(QUERY)).scalar_one()
+                    query(r.session)
 
             results = {
-                "direct (slave)": measure(args.reads, direct_read),
-                "reader (5436)": measure(args.reads, reader_read),
-                "token, cached": measure(args.reads, token_read),
-                "token, checked": measure(args.reads, token_read_checked),
+                "raw, read port": measure(
+                    args.reads, lambda: raw_port.execute(QUERY).fetchone() and None
+                ),
+                "raw, slave": measure(
+                    args.reads, lambda: raw_slave.execute(QUERY).fetchone() and None
+                ),
+                "read()": measure(args.reads, lambda: layer.read(query)),
+                "token, cached": measure(args.reads, lambda: layer.read(query, token)),
+                # a staleness bound makes the layer check the node every time: what a read
+                # right after a write (a token newer than the connection has seen) costs
+                "token, pipelined": measure(
+                    args.reads, lambda: layer.read(query, token, max_lag_s=3600.0)
+                ),
+                "token, asked": measure(args.reads, asked),
+                "direct routing": measure(args.reads, lambda: direct_layer.read(query)),
             }
             print(f"{args.reads} sequential reads each, one client:")
             for name, (p50, p99, rate) in results.items():
-                print(f"  {name:16s} p50 {p50:6.3f} ms  p99 {p99:6.3f} ms  {rate:7.0f} reads/s")
-            base = results["reader (5436)"][0]
-            for name in ("token, cached", "token, checked"):
-                print(f"{name}: adds {results[name][0] - base:.3f} ms at p50 to a reader read")
-            direct.close()
+                print(f"  {name:17s} p50 {p50:6.3f} ms  p99 {p99:6.3f} ms  {rate:7.0f} reads/s")
+            base = results["read()"][0]
+            for name in ("token, cached", "token, pipelined", "token, asked"):
+                print(f"{name}: adds {results[name][0] - base:.3f} ms at p50 to a read()")
+            raw = results["raw, read port"][0]
+            print(f"read() / raw psycopg over the read port at p50: {base / raw:.2f}x")
+            raw_port.close()
+            raw_slave.close()
+            direct_layer.dispose()
 
             stop = threading.Event()
             latest = [token]

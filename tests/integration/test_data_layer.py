@@ -85,6 +85,15 @@ def test_tokens_never_read_stale_data_while_replay_is_delayed(
         stale, served = write_then_read(layer, 400, with_token=True)
         assert stale == 0, served
         assert served["replica"] > 40, served
+        # the check went out with the read (one round trip); a node found behind was read again
+        checks = layer.registry.get_sample_value
+        assert (checks("videodb_position_checks_total", {"how": "behind"}) or 0) > 0
+        # No delay: the replica has the write by the time the read arrives, in one round trip.
+        set_apply_delay(cluster, None)
+        before = checks("videodb_position_checks_total", {"how": "pipelined"}) or 0.0
+        stale, served = write_then_read(layer, 100, with_token=True)
+        assert stale == 0, served
+        assert (checks("videodb_position_checks_total", {"how": "pipelined"}) or 0) > before
         # A delay it does not cover: reads that land on the replica fall back to the writer.
         set_apply_delay(cluster, "300ms")
         fallbacks_before = (
@@ -162,6 +171,7 @@ def insert_upload(session: Session, key: str) -> int:
 
 
 def served_by(session: Session) -> str:
+    session.execute(text("SELECT 1"))  # where a read ran is known once it has run a statement
     return str(session.info["served_by"])
 
 

@@ -137,7 +137,8 @@ def test_datasources_follow_the_guides_profiles() -> None:
 
 
 def test_routing_decisions_without_a_server() -> None:
-    from videodb.db.layer import DataLayer, Position
+    from videodb.db.layer import DataLayer
+    from videodb.db.position import Position
 
     layer = DataLayer(DataSourceSettings(token_wait_ms=0))
     token = ConsistencyToken(3, 1000)

@@ -18,6 +18,7 @@ from sqlalchemy import URL, Connection, Engine, ExceptionContext, create_engine,
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import ORMExecuteState, Session
 
+from videodb.db import pipelined as pipelined_check
 from videodb.db.errors import (
     Failure,
     ReadOnlySessionError,
@@ -25,45 +26,19 @@ from videodb.db.errors import (
     classify,
 )
 from videodb.db.metrics import Metrics
+from videodb.db.position import SEEN, Position, read_position
 from videodb.db.readonly import check_read_only
 from videodb.db.retry import Backoff
 from videodb.db.settings import DataSourceSettings
-from videodb.db.token import ConsistencyToken, parse_lsn
+from videodb.db.token import ConsistencyToken
 
 T = TypeVar("T")
 
-POSITION_QUERY = "SELECT in_recovery, lsn::text, timeline, lag_s FROM public.videodb_position()"
 IDEMPOTENCY_TABLE = "videodb_idempotency"
 
 log = logging.getLogger(__name__)
 # Errors from SQLAlchemy, and from psycopg itself where the layer talks to the driver directly.
 DB_ERRORS = (sa_exc.DBAPIError, psycopg.Error)
-_SEEN = "videodb_position"  # the last Position read on a pooled connection (its .info)
-
-
-@dataclass(frozen=True)
-class Position:
-    """Where a node is: a replica's replayed LSN, or a primary's current one."""
-
-    in_recovery: bool
-    lsn: int
-    timeline: int
-    lag_s: float
-
-    def has(self, token: ConsistencyToken) -> bool:
-        return self.timeline == token.timeline and self.lsn >= token.lsn
-
-
-def read_position(conn: Connection) -> Position:
-    """One round trip, straight through the driver (SQLAlchemy's statement machinery would
-    cost more than the query on a local network)."""
-    driver = conn.connection.driver_connection
-    assert driver is not None
-    row = driver.execute(POSITION_QUERY).fetchone()
-    assert row is not None
-    position = Position(bool(row[0]), parse_lsn(str(row[1])), int(row[2]), float(row[3] or 0.0))
-    conn.info[_SEEN] = position
-    return position
 
 
 @dataclass
@@ -96,8 +71,13 @@ class WriteUnit:
 @dataclass
 class ReadUnit:
     session: Session
-    served_by: str  # replica, primary (the read port landed on it), writer (fallback)
     token_wait_s: float = 0.0
+
+    @property
+    def served_by(self) -> str:
+        """replica, primary (the read port landed on it), writer (fallback); "pending" while a
+        pipelined check waits for the read's first statement."""
+        return str(self.session.info["served_by"])
 
 
 class ReadOnlySession(Session):
@@ -201,6 +181,8 @@ class DataLayer:
             event.listen(engine, "handle_error", self._retire_on_role_change)
         event.listen(self.reader_engine, "before_cursor_execute", self._reader_guard)
         event.listen(self.reader_engine, "connect", self._reader_connect)
+        event.listen(self.reader_engine, "before_cursor_execute", pipelined_check.begin)
+        event.listen(self.reader_engine, "after_cursor_execute", pipelined_check.end)
         self.registry = registry or CollectorRegistry()
         self.metrics = Metrics(
             self.registry, {"writer": self.writer_engine, "reader": self.reader_engine}
@@ -390,26 +372,39 @@ class DataLayer:
 
     @contextmanager
     def reader(
-        self, token: ConsistencyToken | None = None, max_lag_s: float | None = None
+        self,
+        token: ConsistencyToken | None = None,
+        max_lag_s: float | None = None,
+        *,
+        pipelined: bool = False,
     ) -> Iterator[ReadUnit]:
         """A read-only session, on a replica when that is safe, else on the writer.
 
         With a token, the node the read port gave us must have replayed past it (waiting up to
         token_wait_ms); with max_lag_s, it must not be further behind. Otherwise the read runs on
         the writer. Both are checked on the connection the read then uses.
+
+        `pipelined` (what `read()` uses): the check goes out with the read's first statement, in
+        one round trip (db/pipelined.py); a node found behind raises NotCaughtUp from that
+        statement, and the caller reads again without `pipelined`.
         """
         max_lag = max_lag_s if max_lag_s is not None else self.settings.max_lag_s
         conn = self.reader_engine.connect()
         served_by = "replica"
         waited = 0.0
+        deferred = False
         try:
-            cached = conn.info.get(_SEEN)
+            cached = conn.info.get(SEEN)
             if max_lag is None and token is not None and cached is not None and cached.has(token):
                 # This pooled connection's node was already seen past the token: a node only
                 # moves forward while a connection to it lives, so no need to ask again.
                 served_by = "replica" if cached.in_recovery else "primary"
                 self.metrics.token_wait.observe(0.0)
+                self.metrics.position_checks.labels("cached").inc()
+            elif (token is not None or max_lag is not None) and pipelined:
+                deferred = True
             elif token is not None or max_lag is not None:
+                self.metrics.position_checks.labels("asked").inc()
                 position = read_position(conn)
                 served_by = "replica" if position.in_recovery else "primary"
                 usable, waited = self._usable(conn, position, token, max_lag)
@@ -423,13 +418,27 @@ class DataLayer:
         except BaseException:
             conn.close()
             raise
-        session = ReadOnlySession(bind=conn, info={"served_by": served_by})
-        self.metrics.reads.labels(served_by).inc()
+        # Deferred: where the read ran is known once its first statement has (db/pipelined.py).
+        session = ReadOnlySession(
+            bind=conn, info={"served_by": "pending" if deferred else served_by}
+        )
+        if deferred:
+            pipelined_check.arm(conn, pipelined_check.PendingCheck(token, max_lag, session.info))
         try:
-            yield ReadUnit(session, served_by, waited)
+            yield ReadUnit(session, waited)
         finally:
+            if deferred:
+                pipelined_check.disarm(conn)
             session.close()
             conn.close()
+        where = session.info["served_by"]
+        if where == "pending":
+            return  # the read ran no statement: nothing was read, nothing checked
+        if deferred:
+            self.metrics.position_checks.labels("pipelined").inc()
+            if token is not None:
+                self.metrics.token_wait.observe(0.0)
+        self.metrics.reads.labels(where).inc()
 
     def _usable(
         self,
@@ -464,8 +473,15 @@ class DataLayer:
         delays = self.backoff.delays()
         while True:
             try:
-                with self.reader(token, max_lag_s) as unit:
-                    return fn(unit.session)
+                try:
+                    with self.reader(token, max_lag_s, pipelined=True) as unit:
+                        return fn(unit.session)
+                except pipelined_check.NotCaughtUp:
+                    self.metrics.position_checks.labels("behind").inc()
+                    # The node had not replayed the token (or lags past the bound): its rows
+                    # are dropped; ask it first this time (wait for replay, or the writer).
+                    with self.reader(token, max_lag_s) as unit:
+                        return fn(unit.session)
             except DB_ERRORS as exc:
                 failure = self._after_failure(self.reader_engine, exc)
                 if not failure.retryable:

@@ -44,6 +44,15 @@ class Metrics:
             buckets=(0.0, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25),
             registry=registry,
         )
+        self.position_checks = Counter(
+            "videodb_position_checks",
+            "How reads with a token or a staleness bound learned their node's position: cached "
+            "(seen before on the connection, no query), pipelined (sent with the read, one round "
+            "trip), behind (pipelined, the node had not caught up: read again), asked (a round "
+            "trip of its own first)",
+            ["how"],
+            registry=registry,
+        )
         self.retries = Counter(
             "videodb_retries",
             "Retried operations by kind of failure",
