@@ -21,11 +21,32 @@ import pytest
 
 from tests.integration.harness import RunningCluster, set_apply_delay
 from tests.media import make_video
+from videodb.services.runtime import AppConfig
 from videodb.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
 TOKEN = "X-Consistency-Token"
+
+
+def restart_apps(cluster: RunningCluster, routing: str) -> None:
+    cluster.cli("stop", "apps", check=True)
+    cluster.cli("--set", f"apps.routing={routing}", "start", "apps", check=True, timeout=180)
+    written = AppConfig.load(cluster.layout.apps_config()).datasource
+    assert written.routing == routing and len(written.nodes) == 2
+
+
+@pytest.fixture(scope="module", params=["haproxy", "direct"], autouse=True)
+def routing(request: pytest.FixtureRequest, cluster: RunningCluster) -> Iterator[str]:
+    """The whole suite with the applications on HAProxy's ports (the default), then with direct
+    routing (libpq multi-host to the nodes)."""
+    if request.param == "direct":
+        restart_apps(cluster, "direct")
+    try:
+        yield str(request.param)
+    finally:
+        if request.param == "direct":
+            restart_apps(cluster, "haproxy")
 
 
 @pytest.fixture(scope="module")
