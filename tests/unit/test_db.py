@@ -214,3 +214,23 @@ def test_direct_targets_ask_for_a_writable_node_and_any_standby_by_service_name(
     reader = direct_targets(s, "reader")
     assert reader["target_session_attrs"] == "prefer-standby"
     assert reader["load_balance_hosts"] == "random"
+
+
+def test_a_pipelined_check_is_forgotten_even_on_a_connection_a_failover_invalidated() -> None:
+    from videodb.db import pipelined
+
+    class Invalidated:
+        @property
+        def info(self) -> dict[str, object]:
+            raise RuntimeError("Can't reconnect until invalid transaction is rolled back")
+
+    class Pipeline:
+        exited = 0
+
+        def __exit__(self, *_: object) -> None:
+            Pipeline.exited += 1
+            raise RuntimeError("the server closed the connection")
+
+    check = pipelined.PendingCheck(None, None, {"served_by": "pending"}, pipeline=Pipeline())
+    pipelined.disarm(Invalidated(), check)  # type: ignore[arg-type]  # raises nothing
+    assert check.done and Pipeline.exited == 1

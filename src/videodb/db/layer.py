@@ -422,13 +422,13 @@ class DataLayer:
         session = ReadOnlySession(
             bind=conn, info={"served_by": "pending" if deferred else served_by}
         )
-        if deferred:
-            pipelined_check.arm(conn, pipelined_check.PendingCheck(token, max_lag, session.info))
+        check = pipelined_check.PendingCheck(token, max_lag, session.info) if deferred else None
+        pipelined_check.arm(conn, check)
         try:
             yield ReadUnit(session, waited)
         finally:
-            if deferred:
-                pipelined_check.disarm(conn)
+            if check is not None:
+                pipelined_check.disarm(conn, check)
             session.close()
             conn.close()
         where = session.info["served_by"]

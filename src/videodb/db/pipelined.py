@@ -24,7 +24,7 @@ from videodb.db.token import ConsistencyToken
 PENDING = "videodb_pending_check"  # on a pooled connection's .info while a read is under way
 
 
-class NotCaughtUp(Exception):  # noqa: N818: not an error the caller sees
+class NotCaughtUp(Exception):
     """The node the read ran on had not replayed the token (or lags too far): read again."""
 
     def __init__(self, position: Position) -> None:
@@ -42,8 +42,12 @@ class PendingCheck:
     done: bool = field(default=False)
 
 
-def arm(conn: Connection, check: PendingCheck) -> None:
-    conn.info[PENDING] = check
+def arm(conn: Connection, check: PendingCheck | None) -> None:
+    """Set (or with None, clear) the check for the read about to run on `conn`."""
+    if check is None:
+        conn.info.pop(PENDING, None)
+    else:
+        conn.info[PENDING] = check
 
 
 def begin(conn: Connection, *_: Any) -> None:
@@ -75,9 +79,12 @@ def end(conn: Connection, *_: Any) -> None:
         raise NotCaughtUp(position)
 
 
-def disarm(conn: Connection) -> None:
-    """After the read: close a pipeline an error left open, forget the check."""
-    check: PendingCheck | None = conn.info.pop(PENDING, None)
-    if check is not None and check.pipeline is not None and not check.done:
+def disarm(conn: Connection, check: PendingCheck) -> None:
+    """After the read: close a pipeline an error left open, forget the check. The connection
+    may be invalid by now (a failover cut it): then its .info is gone with it."""
+    if check.pipeline is not None and not check.done:
         with contextlib.suppress(Exception):
             check.pipeline.__exit__(None, None, None)
+    check.done = True  # a stale reference can never start a check again
+    with contextlib.suppress(Exception):
+        conn.info.pop(PENDING, None)
