@@ -41,6 +41,14 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module", params=["haproxy", "direct"])
 def layer(cluster: RunningCluster, request: pytest.FixtureRequest) -> Iterator[DataLayer]:
     """The same suite through HAProxy's ports and with direct routing (libpq multi-host)."""
+    # The pool keeps the connections warm() opens: if the read port had only the master in
+    # that moment (a replica just rejoined after another module's switchover), every read of
+    # the suite would go there.
+    wait_for(
+        partial(read_port_reaches_both, cluster),
+        timeout=60,
+        what="the read port reaching the master and the slave",
+    )
     data_layer = DataLayer(DataSourceSettings.for_platform(cluster.settings, routing=request.param))
     data_layer.warm()
     with data_layer.writer() as unit:
@@ -50,6 +58,16 @@ def layer(cluster: RunningCluster, request: pytest.FixtureRequest) -> Iterator[D
         unit.session.execute(text("INSERT INTO rw_check VALUES (1, 0) ON CONFLICT DO NOTHING"))
     yield data_layer
     data_layer.dispose()
+
+
+def read_port_reaches_both(cluster: RunningCluster) -> bool:
+    seen = set()
+    for _ in range(6):
+        with cluster.app_connect(cluster.read_port) as conn:
+            row = conn.execute("SELECT inet_server_port()").fetchone()
+            assert row is not None
+            seen.add(row[0])
+    return seen == {cluster.master, cluster.slave}
 
 
 def read_value(session: Session) -> tuple[int, str]:

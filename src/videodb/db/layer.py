@@ -463,6 +463,48 @@ class DataLayer:
                 return True, time.monotonic() - began
         return False, time.monotonic() - began
 
+    def _read_once(
+        self, fn: Callable[[Session], T], token: ConsistencyToken | None, max_lag_s: float | None
+    ) -> T:
+        """One read, its position check pipelined with its first statement (db/pipelined.py)."""
+        max_lag = max_lag_s if max_lag_s is not None else self.settings.max_lag_s
+        with self.reader(token, max_lag_s, pipelined=True) as unit:
+            try:
+                return fn(unit.session)
+            except pipelined_check.NotCaughtUp as exc:
+                behind = exc.position
+            self.metrics.position_checks.labels("behind").inc()
+            # The node had not replayed the token (or lags past the bound): those rows are
+            # dropped. Wait on this same node for its replay, as a check asked first would, and
+            # read again there; else on the writer.
+            unit.session.rollback()
+            usable, waited = self._usable(unit.session.connection(), behind, token, max_lag)
+            if token is not None:
+                self.metrics.token_wait.observe(waited)
+            if usable:
+                unit.session.info["served_by"] = "replica" if behind.in_recovery else "primary"
+                return fn(unit.session)
+            unit.session.info["served_by"] = "pending"  # this node served nothing
+        with self._on_writer() as unit:
+            return fn(unit.session)
+
+    @contextmanager
+    def _on_writer(self) -> Iterator[ReadUnit]:
+        """A read-only session on the writer: the fallback of read-your-writes and staleness."""
+        conn = self.writer_engine.connect()
+        try:
+            conn.execute(text("SET TRANSACTION READ ONLY"))
+        except BaseException:
+            conn.close()
+            raise
+        session = ReadOnlySession(bind=conn, info={"served_by": "writer"})
+        try:
+            yield ReadUnit(session)
+        finally:
+            session.close()
+            conn.close()
+        self.metrics.reads.labels("writer").inc()
+
     def read(
         self,
         fn: Callable[[Session], T],
@@ -473,15 +515,7 @@ class DataLayer:
         delays = self.backoff.delays()
         while True:
             try:
-                try:
-                    with self.reader(token, max_lag_s, pipelined=True) as unit:
-                        return fn(unit.session)
-                except pipelined_check.NotCaughtUp:
-                    self.metrics.position_checks.labels("behind").inc()
-                    # The node had not replayed the token (or lags past the bound): its rows
-                    # are dropped; ask it first this time (wait for replay, or the writer).
-                    with self.reader(token, max_lag_s) as unit:
-                        return fn(unit.session)
+                return self._read_once(fn, token, max_lag_s)
             except DB_ERRORS as exc:
                 failure = self._after_failure(self.reader_engine, exc)
                 if not failure.retryable:
