@@ -5,8 +5,8 @@
 Direct to the master; HAProxy's read and write ports; and what the data layer's direct routing asks
 libpq for (multi-host: the writer target_session_attrs=read-write, the reader prefer-standby with
 load_balance_hosts=random). All in one run on one cluster (free ports, temporary directory), in
-rounds, so the figures that matter are the ratios. Also measures how long a row committed through the write port takes to
-be visible through the read port on the replica (replication visibility).
+rounds, so the figures that matter are the ratios. Also measures how long a row committed through
+the write port takes to be visible on the replica (replication visibility).
 """
 
 from __future__ import annotations
@@ -76,6 +76,8 @@ def visibility_ms(settings: Settings, samples: int) -> list[float]:
         psycopg.connect(port=replica_port, **common) as reader,
     ):
         writer.execute("CREATE TABLE IF NOT EXISTS visibility (id text PRIMARY KEY)")
+        while reader.execute("SELECT to_regclass('visibility')").fetchone() == (None,):
+            time.sleep(0.01)  # the table itself must reach the replica first
         for _ in range(samples):
             marker = str(uuid.uuid4())
             writer.execute("INSERT INTO visibility VALUES (%s)", (marker,))
