@@ -386,7 +386,7 @@ class DataLayer:
 
         `pipelined` (what `read()` uses): the check goes out with the read's first statement, in
         one round trip (db/pipelined.py); a node found behind raises NotCaughtUp from that
-        statement, and the caller reads again without `pipelined`.
+        statement, and the caller waits on this connection or goes to the writer (_read_once).
         """
         max_lag = max_lag_s if max_lag_s is not None else self.settings.max_lag_s
         conn = self.reader_engine.connect()
@@ -434,7 +434,7 @@ class DataLayer:
         where = session.info["served_by"]
         if where == "pending":
             return  # the read ran no statement: nothing was read, nothing checked
-        if deferred:
+        if check is not None and check.passed:
             self.metrics.position_checks.labels("pipelined").inc()
             if token is not None:
                 self.metrics.token_wait.observe(0.0)

@@ -40,6 +40,7 @@ class PendingCheck:
     pipeline: Any = None
     cursor: Any = None
     done: bool = field(default=False)
+    passed: bool = field(default=False)  # the node had the token (and was within the bound)
 
 
 def arm(conn: Connection, check: PendingCheck | None) -> None:
@@ -77,6 +78,7 @@ def end(conn: Connection, *_: Any) -> None:
     check.session_info["served_by"] = "replica" if position.in_recovery else "primary"
     if not position.serves(check.token, check.max_lag_s):
         raise NotCaughtUp(position)
+    check.passed = True
 
 
 def disarm(conn: Connection, check: PendingCheck) -> None:
