@@ -17,6 +17,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from sqlalchemy import text
 
 from tests.integration.multihost import (
     APP_HOST,
@@ -40,6 +41,7 @@ from videodb.cluster.patroni_api import PatroniAPI
 from videodb.cluster.render import READ_BACKEND
 from videodb.cluster.supervisor import Supervisor
 from videodb.config import NodeSpec
+from videodb.db import DataLayer, DataSourceSettings
 from videodb.errors import TimeoutExpired
 from videodb.layout import tls_files
 from videodb.secrets import load_secrets
@@ -264,6 +266,38 @@ def _primary_and_timeline(sim: SimCluster) -> tuple[str, int | None]:
     primaries = [m for m in members if m.role.value == "primary"]
     assert len(primaries) == 1, members
     return primaries[0].name, primaries[0].timeline
+
+
+def test_direct_routing_from_the_application_host_finds_the_master_and_the_replicas(
+    sim: SimCluster,
+) -> None:
+    """routing = "direct" across hosts: the nodes come from the cluster file, each verified by the
+    service name; the writer lands on the master, the reader on a random replica."""
+    wait_healthy(sim)
+    s = sim.settings(APP_HOST)
+    where = text("SELECT inet_server_addr()::text, pg_is_in_recovery()")
+
+    def run() -> tuple[tuple[str, bool], list[tuple[str, bool]]]:
+        layer = DataLayer(DataSourceSettings.for_platform(s, routing="direct"))
+        try:
+            with layer.writer() as unit:
+                written = unit.session.execute(where).one()
+            reads = []
+            for _ in range(12):
+                layer.reader_engine.dispose()  # a new connection: libpq picks a host again
+                reads.append(layer.read(lambda session: session.execute(where).one()))
+            return (str(written[0]), bool(written[1])), [(str(a), bool(r)) for a, r in reads]
+        finally:
+            layer.dispose()
+
+    (master_address, in_recovery), reads = sim.call(APP_HOST, run)
+    master = leader(sim)
+    assert master is not None and not in_recovery
+    assert master_address.split("/")[0] == s.node_address(master)
+    replicas = {s.node_address(n) for n in s.nodes if n.name != master.name}
+    assert all(recovering for _, recovering in reads), reads  # prefer-standby
+    seen = {address.split("/")[0] for address, _ in reads}
+    assert seen <= replicas and len(seen) == len(replicas), (seen, replicas)  # random
 
 
 def test_rotations_across_hosts_fail_no_request_and_keep_the_timeline(
