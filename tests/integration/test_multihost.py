@@ -37,6 +37,7 @@ from tests.integration.multihost import (
 from tests.integration.rotation_load import Load
 from tests.integration.simhosts import netns_available
 from videodb import certs
+from videodb.cluster.haproxy_stats import fetch_server_status
 from videodb.cluster.patroni_api import PatroniAPI
 from videodb.cluster.render import READ_BACKEND
 from videodb.cluster.supervisor import Supervisor
@@ -298,6 +299,71 @@ def test_direct_routing_from_the_application_host_finds_the_master_and_the_repli
     assert all(recovering for _, recovering in reads), reads  # prefer-standby
     seen = {address.split("/")[0] for address, _ in reads}
     assert seen <= replicas and len(seen) == len(replicas), (seen, replicas)  # random
+
+
+def test_replicas_whose_replay_lags_leave_the_read_port_and_the_direct_reader(
+    sim: SimCluster,
+) -> None:
+    """The read port's lag bound (/readiness?lag=16MB across hosts) and the direct reader's
+    staleness bound both drop replicas that stopped replaying, while they still stream.
+
+    Replay is held back with recovery_min_apply_delay: Patroni resumes a pg_wal_replay_pause()
+    at its next loop (seen here: paused False two seconds later)."""
+    wait_healthy(sim)
+    s = sim.settings(APP_HOST)
+    api = PatroniAPI(s, load_secrets(sim.layout(APP_HOST)).api_password)
+    primary = leader(sim)
+    assert primary is not None
+    replicas = [n for n in s.nodes if n.name != primary.name]
+
+    def delay(value: str | None) -> None:
+        parameters = {"postgresql": {"parameters": {"recovery_min_apply_delay": value}}}
+        sim.call(APP_HOST, lambda: api.patch_config(parameters))
+
+    def read_up() -> set[str]:
+        servers = sim.call(APP_HOST, lambda: fetch_server_status(s))
+        return {x.server for x in servers if x.backend == READ_BACKEND and x.up}
+
+    def fill_wal() -> None:  # about 45 MB of WAL, well past the 16 MB bound
+        with sim.connect(APP_HOST, s.haproxy.write_port) as conn:
+            conn.execute("CREATE TABLE IF NOT EXISTS wal_filler (pad text)")
+            conn.execute(
+                "INSERT INTO wal_filler "
+                "SELECT repeat(md5(i::text), 32) FROM generate_series(1, 40000) i"
+            )
+            conn.execute("TRUNCATE wal_filler")
+
+    def direct_reads() -> set[str]:
+        layer = DataLayer(DataSourceSettings.for_platform(s, routing="direct", max_lag_s=1.0))
+        where = text("SELECT inet_server_addr()::text")
+        try:
+            seen = set()
+            for _ in range(12):
+                layer.reader_engine.dispose()  # a new connection: libpq picks a host again
+                seen.add(str(layer.read(lambda session: session.execute(where).scalar_one())))
+            return {address.split("/")[0] for address in seen}
+        finally:
+            layer.dispose()
+
+    assert {n.name for n in replicas} <= read_up()
+    delay("10min")
+    try:
+        time.sleep(2)  # every replica has the setting (Patroni reloads at its next loop)
+        sim.call(APP_HOST, fill_wal)
+        wait_for(
+            lambda: not {n.name for n in replicas} & read_up(),
+            timeout=30,
+            what="the lagging replicas out of the read port",
+        )
+        assert read_up() == {primary.name}  # the master still serves reads
+        time.sleep(1.5)  # past the direct reader's 1 s bound since the last replayed commit
+        # every read lands on a replica, is found too stale, and runs on the master instead
+        assert sim.call(APP_HOST, direct_reads) == {s.node_address(primary)}
+    finally:
+        delay(None)
+    wait_for(
+        lambda: {n.name for n in replicas} <= read_up(), timeout=60, what="the replicas back in"
+    )
 
 
 def test_rotations_across_hosts_fail_no_request_and_keep_the_timeline(
