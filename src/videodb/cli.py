@@ -964,7 +964,10 @@ def failover_test(
 ) -> None:
     """Drill: inject a fault on the master under load; report downtime, lost and in-doubt writes.
 
-    Exit 1 if a run lost an acknowledged write, saw two masters at once, or did not heal.
+    Also counted: writes the write port sent to a server still in recovery (read-only, SQLSTATE
+    25006), and in a synchronous mode how long commits were acknowledged with no synchronous
+    standby (unprotected seconds). Exit 1 if a run lost an acknowledged write, saw two masters at
+    once, or did not heal.
     """
     c = _ctx(ctx)
     c.require_running()
