@@ -55,12 +55,15 @@ def main() -> None:
                 acked = sum(r.acknowledged for r in report.runs)
                 split = any(r.two_primaries for r in report.runs)
                 healed = all(r.healed for r in report.runs)
+                spans = [r.unprotected_s for r in report.runs if r.unprotected_s is not None]
+                unprotected = f"median {statistics.median(spans):.2f} s" if spans else "-"
                 print(
                     f"{fault:14s} write downtime median {statistics.median(writes):6.2f} s, "
                     f"worst {max(writes):6.2f} s | read downtime median "
                     f"{statistics.median(reads):5.2f} s, worst {max(reads):5.2f} s | "
-                    f"acked {acked}, lost {lost}, two masters {split}, healed {healed} "
-                    f"({args.repeat} runs)",
+                    f"acked {acked}, lost {lost}, two masters {split}, healed {healed}, "
+                    f"read-only answers {sum(r.read_only_writes for r in report.runs)}, "
+                    f"unprotected {unprotected} ({args.repeat} runs)",
                     flush=True,
                 )
             pgbench(s, s.haproxy.write_port, ["-i", "-q", "-s", "10"])
