@@ -485,14 +485,25 @@ def leader(sim: SimCluster, seen_from: str = APP_HOST) -> NodeSpec | None:
 
 def wait_healthy(sim: SimCluster, timeout: float = 120) -> HealthReport:
     """Healthy as the application host sees it: one primary, every replica streaming, a
-    synchronous standby, its HAProxy routing by the roles."""
+    synchronous standby, its HAProxy routing by the roles; and still so after two of
+    Patroni's loops. One healthy sample is not enough: right after etcd comes back, the
+    replicas' Patroni drops and re-sets primary_conninfo and the master clears /sync for a
+    moment, and a master lost in that moment has no candidate allowed to replace it."""
     settings = sim.settings(APP_HOST)
+    _, loop_wait, _ = settings.patroni.timings()
+    settle = 2 * loop_wait + 1
     last: list[HealthReport] = []
+    since: list[float] = []
 
     def healthy() -> bool:
         report = check_health(settings)
         last[:] = [report]
-        return report.healthy
+        if not report.healthy:
+            since.clear()
+            return False
+        if not since:
+            since.append(time.monotonic())
+        return time.monotonic() - since[0] >= settle
 
     try:
         sim.call(

@@ -306,17 +306,13 @@ def _inject(
     raise ConfigError(f"unknown fault {fault!r}; choose one of {', '.join(FAULTS)}")
 
 
-def host_fault_commands(settings: Settings, fault: str, host: str) -> tuple[str, str]:
-    """The (fault, repair) shell commands for `host`, or a ConfigError naming the keys to set."""
+def check_host_fault_config(settings: Settings, fault: str) -> list[str]:
+    """The fault's (fault, repair) command templates, or a ConfigError naming what is missing.
+    Asked before the drill waits for anything, so a bad configuration is refused at once."""
     if not settings.multi_host:
         raise ConfigError(
             f"--fault {fault} acts on a whole host: run it against a cluster file "
             "(--cluster FILE) whose hosts are separate machines"
-        )
-    if host == settings.this_host().name:
-        raise ConfigError(
-            f"--fault {fault} would cut off the host the drill runs on ({host}); run "
-            "failover-test on an application host that does not run the master"
         )
     keys = HOST_FAULTS[fault]
     values = [getattr(settings.drill, key) for key in keys]
@@ -326,6 +322,17 @@ def host_fault_commands(settings: Settings, fault: str, host: str) -> tuple[str,
             f"--fault {fault} needs {missing} in the cluster file: the shell commands that do it "
             "on these machines, with {host} and {address} (see docs/operator-guide.md, 'Drills "
             "across hosts')"
+        )
+    return [str(v) for v in values]
+
+
+def host_fault_commands(settings: Settings, fault: str, host: str) -> tuple[str, str]:
+    """The (fault, repair) shell commands for `host`, or a ConfigError naming the keys to set."""
+    values = check_host_fault_config(settings, fault)
+    if host == settings.this_host().name:
+        raise ConfigError(
+            f"--fault {fault} would cut off the host the drill runs on ({host}); run "
+            "failover-test on an application host that does not run the master"
         )
     spec = settings.host_spec(host)
     fault_cmd, repair_cmd = (str(v).format(host=spec.name, address=spec.address) for v in values)
@@ -389,6 +396,8 @@ def run_drill(
         raise ConfigError(f"unknown fault {fault!r}; choose one of {', '.join(FAULTS)}")
     ttl = settings.patroni.timings()[0]
     freeze_for = freeze_seconds if freeze_seconds is not None else ttl + 5.0
+    if fault in HOST_FAULTS:
+        check_host_fault_config(settings, fault)
     progress("waiting for a healthy cluster")
     wait_for(
         lambda: check_health(settings).healthy,
