@@ -1,12 +1,14 @@
 """Benchmark: write downtime per fault (failover-test drills) and sync versus async write TPS.
 
     .venv/bin/python -m bench.failover [--repeat 3] [--faults kill-postgres,switchover,...]
-                                        [--seconds 10] [--profile fast]
+                                        [--seconds 10] [--profile fast] [--stop-poll 1,0.1]
 
 One throwaway cluster (free ports, temporary directory) with synchronous replication runs every
 drill `--repeat` times and prints the median and worst write and read downtime per fault. Then
 pgbench -N (4 clients) through the write port measures write TPS with replication async and sync,
-switched on the same cluster, as a ratio.
+switched on the same cluster, as a ratio (`--seconds 0` leaves it out). `--stop-poll` takes a list
+of `patroni.stop_poll_s` values and runs the drills once per value, each on its own cluster, in
+one run (1 is Patroni's own shutdown poll; the platform's default is 0.1).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from videodb.cluster.ha import apply_dynamic_config
 from videodb.cluster.health import check_health, sync_standby_chosen
 from videodb.config import Settings
 from videodb.sandbox import sandbox
-from videodb.secrets import load_secrets
+from videodb.secrets import ClusterSecrets, load_secrets
 from videodb.waiting import wait_for
 
 
@@ -38,17 +40,30 @@ def main() -> None:
     parser.add_argument("--faults", default=",".join(single_host))
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--profile", default="fast")
+    parser.add_argument("--stop-poll", default="", help="patroni.stop_poll_s values, e.g. 1,0.1")
     args = parser.parse_args()
-    extra = f'[patroni]\nreplication = "sync"\nprofile = "{args.profile}"\n'
+    polls: list[float | None] = [float(v) for v in args.stop_poll.split(",") if v] or [None]
+    for i, poll in enumerate(polls):
+        extra = f'[patroni]\nreplication = "sync"\nprofile = "{args.profile}"\n'
+        if poll is not None:
+            extra += f"stop_poll_s = {poll}\n"
+        last = i == len(polls) - 1
+        run_cluster(extra, args.faults.split(","), args.repeat, args.seconds if last else 0)
+
+
+def run_cluster(extra: str, faults: list[str], repeat: int, seconds: int) -> None:
     with sandbox("videodb-bench-", extra=extra) as box:
         s = box.settings
         try:
             lifecycle.start(s, box.layout)
             secrets = load_secrets(box.layout)
             ttl, loop_wait, retry = s.patroni.timings()
-            print(f"profile {args.profile}: ttl {ttl}, loop_wait {loop_wait}, retry {retry}")
-            for fault in args.faults.split(","):
-                report = run_drills(s, box.layout, secrets, fault, repeat=args.repeat)
+            print(
+                f"profile {s.patroni.profile}: ttl {ttl}, loop_wait {loop_wait}, retry {retry}, "
+                f"stop poll {s.patroni.stop_poll_s:g} s"
+            )
+            for fault in faults:
+                report = run_drills(s, box.layout, secrets, fault, repeat=repeat)
                 writes = [r.write_downtime_s for r in report.runs]
                 reads = [r.read_downtime_s for r in report.runs]
                 lost = sum(r.lost_acknowledged for r in report.runs)
@@ -63,26 +78,31 @@ def main() -> None:
                     f"{statistics.median(reads):5.2f} s, worst {max(reads):5.2f} s | "
                     f"acked {acked}, lost {lost}, two masters {split}, healed {healed}, "
                     f"read-only answers {sum(r.read_only_writes for r in report.runs)}, "
-                    f"unprotected {unprotected} ({args.repeat} runs)",
+                    f"unprotected {unprotected} ({repeat} runs)",
                     flush=True,
                 )
-            pgbench(s, s.haproxy.write_port, ["-i", "-q", "-s", "10"])
-            run = ["-n", "-N", "-c", "4", "-j", "2", "-T", str(args.seconds)]
-            figures: dict[str, float] = {}
-            for mode in ("async", "sync", "async", "sync"):
-                apply_dynamic_config(with_replication(s, mode), secrets)
-                if mode == "sync":
-                    wait_for(lambda: sync_standby_chosen(s), timeout=30, what="a sync standby")
-                wait_for(lambda: check_health(s, require_sync=False).healthy, timeout=60, what="ok")
-                value = tps(pgbench(s, s.haproxy.write_port, run))
-                figures[mode] = max(figures.get(mode, 0.0), value)
-                print(f"pgbench -N through the write port, {mode}: {value:.0f} tps", flush=True)
-            print(
-                f"best of two: async {figures['async']:.0f} tps, sync {figures['sync']:.0f} tps, "
-                f"sync/async ratio {figures['sync'] / figures['async']:.2f}"
-            )
+            if seconds > 0:
+                write_tps(s, secrets, seconds)
         finally:
             lifecycle.stop(s, box.layout)
+
+
+def write_tps(s: Settings, secrets: ClusterSecrets, seconds: int) -> None:
+    pgbench(s, s.haproxy.write_port, ["-i", "-q", "-s", "10"])
+    run = ["-n", "-N", "-c", "4", "-j", "2", "-T", str(seconds)]
+    figures: dict[str, float] = {}
+    for mode in ("async", "sync", "async", "sync"):
+        apply_dynamic_config(with_replication(s, mode), secrets)
+        if mode == "sync":
+            wait_for(lambda: sync_standby_chosen(s), timeout=30, what="a sync standby")
+        wait_for(lambda: check_health(s, require_sync=False).healthy, timeout=60, what="ok")
+        value = tps(pgbench(s, s.haproxy.write_port, run))
+        figures[mode] = max(figures.get(mode, 0.0), value)
+        print(f"pgbench -N through the write port, {mode}: {value:.0f} tps", flush=True)
+    print(
+        f"best of two: async {figures['async']:.0f} tps, sync {figures['sync']:.0f} tps, "
+        f"sync/async ratio {figures['sync'] / figures['async']:.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ EXAMPLE = Path(__file__).parents[2] / "examples" / "cluster.toml"
 CLI = str(Path(sys.executable).parent / "videodb")
 SECRETS = ClusterSecrets("su", "api")
 TOOLS = render.Toolchain(
-    patroni=Path("/venv/bin/patroni"),
     etcd=Path("/usr/bin/etcd"),
     haproxy=Path("/usr/sbin/haproxy"),
     pg_bin=Path("/usr/lib/postgresql/15/bin"),

@@ -16,7 +16,6 @@ from videodb.secrets import ClusterSecrets
 
 SECRETS = ClusterSecrets("su-secret", "api-secret")
 TOOLS = render.Toolchain(
-    patroni=Path("/venv/bin/patroni"),
     etcd=Path("/usr/bin/etcd"),
     haproxy=Path("/usr/sbin/haproxy"),
     pg_bin=Path("/usr/lib/postgresql/15/bin"),
@@ -154,6 +153,16 @@ def test_supervisor_runs_servers_as_service_user_and_can_hold_back_nodes() -> No
         in upload
     )
     assert "autostart=false" in upload  # started by 'start apps' once the schema is migrated
+    # Patroni through the launcher that shortens its shutdown poll, configurable.
+    assert (
+        "command=/venv/bin/python3 -m videodb.cluster.patroni_launch --stop-poll=0.1 "
+        "/srv/state/conf/postgres-video-master.yml" in master
+    )
+    patroni_default = Settings().model_copy(
+        update={"patroni": Settings().patroni.model_copy(update={"stop_poll_s": 1.0})}
+    )
+    text = render.supervisor_config(patroni_default, LAYOUT, TOOLS, user, frozenset())
+    assert "--stop-poll=1 " in text
 
 
 def test_web_port_routes_by_path_and_method() -> None:

@@ -60,7 +60,6 @@ def find_toolchain(settings: Settings) -> tuple[Toolchain | None, list[str]]:
         return None, problems
     return (
         Toolchain(
-            patroni=patroni,
             etcd=etcd,
             haproxy=haproxy,
             pg_bin=pg_bin,

@@ -60,7 +60,6 @@ ETCD_CIPHERS = (
 class Toolchain:
     """Absolute paths of the executables the generated configs name."""
 
-    patroni: Path
     etcd: Path
     haproxy: Path
     pg_bin: Path
@@ -519,7 +518,10 @@ def supervisor_config(
     if this.etcd:
         text += program(ETCD_PROGRAM, etcd_command(settings, layout, tools, etcd_join), 20, 10)
     for node in settings.local_nodes():
-        argv = [str(tools.patroni), str(layout.patroni_config(node.name))]
+        # Patroni itself, with its shutdown poll shortened (cluster/patroni_launch.py).
+        launch = "videodb.cluster.patroni_launch"
+        poll = f"--stop-poll={settings.patroni.stop_poll_s:g}"
+        argv = [str(tools.python), "-m", launch, poll, str(layout.patroni_config(node.name))]
         text += program(node.name, argv, 90, 20)
     if this.haproxy:
         # Master-worker mode: SIGUSR2 reloads a changed config; old workers finish their sessions.
