@@ -1,14 +1,14 @@
 """Benchmark: write downtime per fault (failover-test drills) and sync versus async write TPS.
 
     .venv/bin/python -m bench.failover [--repeat 3] [--faults kill-postgres,switchover,...]
-                                        [--seconds 10] [--profile fast] [--stop-poll 1,0.1]
+                                        [--seconds 10] [--profile fast] [--stop-poll 1,0.25]
 
 One throwaway cluster (free ports, temporary directory) with synchronous replication runs every
 drill `--repeat` times and prints the median and worst write and read downtime per fault. Then
 pgbench -N (4 clients) through the write port measures write TPS with replication async and sync,
 switched on the same cluster, as a ratio (`--seconds 0` leaves it out). `--stop-poll` takes a list
 of `patroni.stop_poll_s` values and runs the drills once per value, each on its own cluster, in
-one run (1 is Patroni's own shutdown poll; the platform's default is 0.1).
+one run (1 is Patroni's own shutdown poll; the platform's default is 0.25).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def main() -> None:
     parser.add_argument("--faults", default=",".join(single_host))
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--profile", default="fast")
-    parser.add_argument("--stop-poll", default="", help="patroni.stop_poll_s values, e.g. 1,0.1")
+    parser.add_argument("--stop-poll", default="", help="patroni.stop_poll_s values, e.g. 1,0.25")
     args = parser.parse_args()
     polls: list[float | None] = [float(v) for v in args.stop_poll.split(",") if v] or [None]
     for i, poll in enumerate(polls):

@@ -2,29 +2,39 @@
 
     .venv/bin/python -m bench.proxy_tps [--seconds 10] [--clients 4] [--scale 10] [--rounds 3]
 
-Direct to the master; HAProxy's read and write ports; and what the data layer's direct routing asks
-libpq for (multi-host: the writer target_session_attrs=read-write, the reader prefer-standby with
-load_balance_hosts=random). All in one run on one cluster (free ports, temporary directory), in
-rounds, so the figures that matter are the ratios. Also measures how long a row committed through
-the write port takes to be visible on the replica (replication visibility).
+Direct to the master (over TCP with TLS as libpq prefers, without TLS, and on its unix socket);
+HAProxy's read and write ports (TLS passed through, and without TLS); HAProxy over unix sockets
+(the project's write listener, rendered by the platform, moved onto a unix socket with its server
+lines on PostgreSQL's socket and the REST check on the Patroni port: a second HAProxy run by the
+bench); and what the data layer's direct routing asks libpq for (multi-host: the writer
+target_session_attrs=read-write, the reader prefer-standby with load_balance_hosts=random). All in
+one run on one cluster (free ports, temporary directory), in rounds, so the figures that matter are
+the ratios. Also measures how long a row committed through the write port takes to be visible on
+the replica (replication visibility).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import statistics
 import subprocess
+import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
 
-from videodb.cluster import lifecycle
+from videodb.cluster import lifecycle, render
 from videodb.config import Settings
+from videodb.layout import StateLayout
 from videodb.sandbox import sandbox
+from videodb.waiting import wait_for
 
 
 def pgbench(
@@ -90,6 +100,72 @@ def visibility_ms(settings: Settings, samples: int) -> list[float]:
     return results
 
 
+def unix_write_listener(settings: Settings, layout: StateLayout, socket_dir: Path) -> str:
+    """The platform's own HAProxy config, cut to its write listener, on unix sockets: the bind on
+    `socket_dir`/.s.PGSQL.PORT (where libpq looks for a socket), each server on its PostgreSQL's
+    socket with the REST check kept on the Patroni port (`check addr`). Global lines naming the
+    platform HAProxy's own files (stats socket, server state) are left out."""
+    text = "\n".join(
+        line for line in render.haproxy_config(settings, layout).splitlines() if line[:1] != "#"
+    )
+    keep = [
+        section
+        for section in text.split("\n\n")
+        if section.lstrip().startswith(("global", "defaults", "listen postgres_write"))
+    ]
+    config = "\n\n".join(keep) + "\n"
+    config = "\n".join(
+        line
+        for line in config.splitlines()
+        if not line.strip().startswith(("stats socket", "server-state-file", "load-server-state"))
+    )
+    port = settings.haproxy.write_port
+    config = re.sub(r"bind \S+:\d+", f"bind unix@{socket_dir}/.s.PGSQL.{port}", config)
+    run = layout.service_run
+
+    def server(match: re.Match[str]) -> str:
+        name, address, pg_port = match.group(1), match.group(2), match.group(3)
+        return f"server {name} unix@{run}/.s.PGSQL.{pg_port} check addr {address}"
+
+    config = re.sub(r"server (\S+) ([0-9.]+):(\d+) check", server, config)
+    servers = [line for line in config.splitlines() if line.strip().startswith("server ")]
+    if "bind unix@" not in config or not servers or any("unix@" not in x for x in servers):
+        raise RuntimeError(f"the write listener was not moved onto unix sockets:\n{config}")
+    return config + "\n"
+
+
+@contextlib.contextmanager
+def unix_haproxy(settings: Settings, layout: StateLayout) -> Iterator[Path]:
+    """A second HAProxy (the bench's own, stopped by pid) with the write listener on a unix
+    socket; yields the directory to give libpq as its host."""
+    with tempfile.TemporaryDirectory(prefix="videodb-bench-unix-") as tmp:
+        socket_dir = Path(tmp)
+        config = socket_dir / "haproxy.cfg"
+        config.write_text(unix_write_listener(settings, layout, socket_dir))
+        proc = subprocess.Popen(
+            [str(settings.haproxy.binary), "-db", "-f", str(config)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            probe = socket_dir / f".s.PGSQL.{settings.haproxy.write_port}"
+            wait_for(
+                lambda: probe.exists() or proc.poll() is not None,
+                timeout=10,
+                what="the unix-socket HAProxy",
+            )
+            if proc.poll() is not None:
+                raise RuntimeError(
+                    f"the unix-socket HAProxy exited: {proc.stderr.read() if proc.stderr else ''}"
+                )
+            time.sleep(1.5)  # its first health checks mark the master up
+            yield socket_dir
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=10)
@@ -105,26 +181,36 @@ def main() -> None:
             run = ["-n", "-S", "-c", str(args.clients), "-j", "2", "-T", str(args.seconds)]
             hosts = ",".join(s.node_address(n) for n in s.nodes)
             ports = ",".join(str(n.port) for n in s.nodes)
-            # name: (host, port, libpq environment)
-            targets: dict[str, tuple[str | None, int | str, dict[str, str]]] = {
-                "direct master": (None, s.nodes[0].port, {}),
-                "HAProxy read": (None, s.haproxy.read_port, {}),
-                "HAProxy write": (None, s.haproxy.write_port, {}),
-                # what routing = "direct" asks libpq for (videodb.db.layer.direct_targets)
-                "direct-routing writer": (hosts, ports, {"PGTARGETSESSIONATTRS": "read-write"}),
-                "direct-routing reader": (
-                    hosts,
-                    ports,
-                    {"PGTARGETSESSIONATTRS": "prefer-standby", "PGLOADBALANCEHOSTS": "random"},
-                ),
-            }
-            pgbench(s, s.nodes[0].port, ["-n", "-S", "-T", "2"])  # warm the caches
-            # Rounds in turn, medians: a shared machine drifts within a run, and the order of
-            # the targets must not decide the ratios.
-            samples: dict[str, list[float]] = {name: [] for name in targets}
-            for _ in range(args.rounds):
-                for name, (host, port, env) in targets.items():
-                    samples[name].append(tps(pgbench(s, port, run, env, host)))
+            plain = {"PGSSLMODE": "disable"}
+            with unix_haproxy(s, box.layout) as haproxy_sockets:
+                # name: (host, port, libpq environment)
+                targets: dict[str, tuple[str | None, int | str, dict[str, str]]] = {
+                    "direct master": (None, s.nodes[0].port, {}),
+                    "direct master, no TLS": (None, s.nodes[0].port, plain),
+                    "direct master, socket": (str(box.layout.service_run), s.nodes[0].port, {}),
+                    "HAProxy read": (None, s.haproxy.read_port, {}),
+                    "HAProxy write": (None, s.haproxy.write_port, {}),
+                    "HAProxy write, no TLS": (None, s.haproxy.write_port, plain),
+                    "HAProxy write, sockets": (str(haproxy_sockets), s.haproxy.write_port, {}),
+                    # what routing = "direct" asks libpq for (videodb.db.layer.direct_targets)
+                    "direct-routing writer": (
+                        hosts,
+                        ports,
+                        {"PGTARGETSESSIONATTRS": "read-write"},
+                    ),
+                    "direct-routing reader": (
+                        hosts,
+                        ports,
+                        {"PGTARGETSESSIONATTRS": "prefer-standby", "PGLOADBALANCEHOSTS": "random"},
+                    ),
+                }
+                pgbench(s, s.nodes[0].port, ["-n", "-S", "-T", "2"])  # warm the caches
+                # Rounds in turn, medians: a shared machine drifts within a run, and the order
+                # of the targets must not decide the ratios.
+                samples: dict[str, list[float]] = {name: [] for name in targets}
+                for _ in range(args.rounds):
+                    for name, (host, port, env) in targets.items():
+                        samples[name].append(tps(pgbench(s, port, run, env, host)))
             figures = {name: statistics.median(values) for name, values in samples.items()}
             base = figures["direct master"]
             print(
@@ -132,7 +218,13 @@ def main() -> None:
                 f"median of {args.rounds} rounds:"
             )
             for name, value in figures.items():
-                print(f"  {name:22s} {value:10.0f} tps  ratio to direct {value / base:.2f}")
+                print(f"  {name:24s} {value:10.0f} tps  ratio to direct {value / base:.2f}")
+            direct_gain = figures["direct master, socket"] / figures["direct master, no TLS"]
+            proxy_gain = figures["HAProxy write, sockets"] / figures["HAProxy write, no TLS"]
+            print(
+                "  sockets against TCP without TLS (a unix socket carries no TLS): "
+                f"direct {direct_gain:.2f}, HAProxy {proxy_gain:.2f}"
+            )
             vis = sorted(visibility_ms(s, 200))
             p99 = vis[int(len(vis) * 0.99) - 1]
             print(

@@ -167,8 +167,9 @@ class PatroniSpec(_Strict):
     maximum_lag_on_failover: Annotated[int, Field(ge=0)] = 1_048_576
     primary_start_timeout: Annotated[int, Field(ge=0, le=3600)] = 30
     # How often Patroni polls a stopping PostgreSQL (its STOP_POLLING_INTERVAL, 1 s in Patroni;
-    # cluster/patroni_launch.py sets it). Every switchover waits one poll: 1 restores Patroni's own.
-    stop_poll_s: Annotated[float, Field(ge=0.01, le=1)] = 0.1
+    # cluster/patroni_launch.py sets it, and says why not below 0.25). Every switchover waits one
+    # poll; 1 restores Patroni's own.
+    stop_poll_s: Annotated[float, Field(ge=0.01, le=1)] = 0.25
 
     def timings(self) -> tuple[int, int, int]:
         """(ttl, loop_wait, retry_timeout): the profile's, with any explicit value on top."""

@@ -14,7 +14,7 @@ def test_the_installed_patroni_has_the_poll_and_the_launcher_shortens_it(
     assert postgresql.STOP_POLLING_INTERVAL == 1  # Patroni's own value, before the launcher
     monkeypatch.setattr(postgresql, "STOP_POLLING_INTERVAL", 1)
     patroni_launch.tune()
-    assert postgresql.STOP_POLLING_INTERVAL == patroni_launch.STOP_POLL_S == 0.1
+    assert postgresql.STOP_POLLING_INTERVAL == patroni_launch.STOP_POLL_S == 0.25
 
 
 def test_a_patroni_without_the_poll_is_refused_by_name(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -155,7 +155,7 @@ def test_supervisor_runs_servers_as_service_user_and_can_hold_back_nodes() -> No
     assert "autostart=false" in upload  # started by 'start apps' once the schema is migrated
     # Patroni through the launcher that shortens its shutdown poll, configurable.
     assert (
-        "command=/venv/bin/python3 -m videodb.cluster.patroni_launch --stop-poll=0.1 "
+        "command=/venv/bin/python3 -m videodb.cluster.patroni_launch --stop-poll=0.25 "
         "/srv/state/conf/postgres-video-master.yml" in master
     )
     patroni_default = Settings().model_copy(

@@ -86,15 +86,14 @@ class ReadOnlySession(Session):
 
 @event.listens_for(ReadOnlySession, "do_orm_execute")
 def _refuse_write_statements(state: ORMExecuteState) -> None:
-    statement = state.statement
-    if getattr(statement, "is_select", False):
-        return
-    if statement.is_insert or statement.is_update or statement.is_delete:
+    """ORM and Core writes are refused by kind. Text statements are not compiled here (that cost
+    every read about 0.03 ms): the reader engine's before_cursor_execute guard checks the SQL
+    they send, as it does every statement, before it leaves (DataLayer._reader_guard)."""
+    if state.is_insert or state.is_update or state.is_delete:
         raise ReadOnlySessionError(
             "INSERT/UPDATE/DELETE through a reader session: reader sessions are read-only; "
             "use a writer session"
         )
-    check_read_only(str(statement))
 
 
 @event.listens_for(ReadOnlySession, "before_flush")
