@@ -6,6 +6,8 @@ On one throwaway cluster (free ports, temporary directory), one client thread:
   raw, read port    a persistent psycopg connection through HAProxy's read port (no pool)
   raw, slave        a persistent psycopg connection straight to the slave
   read()            DataLayer.read() through the read port (pool checkout + session + query)
+  fetch()           DataLayer.fetch(): the same statement, pooled, straight through the driver
+  fetch, pipelined  fetch() with the position check forced (sent with the statement)
   token, cached     the same with a token this pooled connection's node was already seen past
   token, pipelined  the position check forced, sent with the read (one round trip)
   token, asked      the position check forced, asked first (reader() without pipelining)
@@ -93,6 +95,10 @@ def main() -> None:
                     args.reads, lambda: raw_slave.execute(QUERY).fetchone() and None
                 ),
                 "read()": measure(args.reads, lambda: layer.read(query)),
+                "fetch()": measure(args.reads, lambda: layer.fetch(QUERY)),
+                "fetch, pipelined": measure(
+                    args.reads, lambda: layer.fetch(QUERY, token=token, max_lag_s=3600.0)
+                ),
                 "token, cached": measure(args.reads, lambda: layer.read(query, token)),
                 # a staleness bound makes the layer check the node every time: what a read
                 # right after a write (a token newer than the connection has seen) costs
@@ -108,8 +114,14 @@ def main() -> None:
             base = results["read()"][0]
             for name in ("token, cached", "token, pipelined", "token, asked"):
                 print(f"{name}: adds {results[name][0] - base:.3f} ms at p50 to a read()")
+            fetched = results["fetch()"][0]
+            print(
+                "fetch, pipelined: adds "
+                f"{results['fetch, pipelined'][0] - fetched:.3f} ms at p50 to a fetch()"
+            )
             raw = results["raw, read port"][0]
             print(f"read() / raw psycopg over the read port at p50: {base / raw:.2f}x")
+            print(f"fetch() / raw psycopg over the read port at p50: {fetched / raw:.2f}x")
             raw_port.close()
             raw_slave.close()
             direct_layer.dispose()

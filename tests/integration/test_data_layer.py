@@ -75,10 +75,34 @@ def read_value(session: Session) -> tuple[int, str]:
     return int(value), str(session.info["served_by"])
 
 
+SERVED = ("replica", "primary", "writer")
+
+
+def fetch_value(
+    layer: DataLayer, token: ConsistencyToken | None, max_lag_s: float | None
+) -> tuple[int, str]:
+    """The same read as read_value through DataLayer.fetch (no Session); where it was served,
+    from the reads metric (one read, one increment)."""
+
+    def count(where: str) -> float:
+        return layer.registry.get_sample_value("videodb_reads_total", {"served_by": where}) or 0.0
+
+    before = {where: count(where) for where in SERVED}
+    rows = layer.fetch("SELECT v FROM rw_check WHERE id = %s", (1,), token, max_lag_s)
+    moved = [where for where in SERVED if count(where) > before[where]]
+    assert len(moved) == 1, moved
+    return int(rows[0][0]), moved[0]
+
+
 def write_then_read(
-    layer: DataLayer, pairs: int, *, with_token: bool, max_lag_s: float | None = None
+    layer: DataLayer,
+    pairs: int,
+    *,
+    with_token: bool,
+    max_lag_s: float | None = None,
+    via: str = "read",
 ) -> tuple[int, Counter[str]]:
-    """Returns (stale reads, where reads were served)."""
+    """Returns (stale reads, where reads were served); `via` read() or fetch()."""
     stale = 0
     served: Counter[str] = Counter()
     for _ in range(pairs):
@@ -87,7 +111,10 @@ def write_then_read(
                 text("UPDATE rw_check SET v = v + 1 WHERE id = 1 RETURNING v")
             ).scalar_one()
         token = unit.token if with_token else None
-        seen, where = layer.read(read_value, token, max_lag_s=max_lag_s)
+        if via == "fetch":
+            seen, where = fetch_value(layer, token, max_lag_s)
+        else:
+            seen, where = layer.read(read_value, token, max_lag_s=max_lag_s)
         served[where] += 1
         if seen < value:
             stale += 1
@@ -103,6 +130,8 @@ def test_tokens_never_read_stale_data_while_replay_is_delayed(
         stale, served = write_then_read(layer, 400, with_token=True)
         assert stale == 0, served
         assert served["replica"] > 40, served
+        stale, served = write_then_read(layer, 150, with_token=True, via="fetch")
+        assert stale == 0 and served["replica"] > 15, served
         # the check went out with the read (one round trip); a node found behind was read again
         checks = layer.registry.get_sample_value
         assert (checks("videodb_position_checks_total", {"how": "behind"}) or 0) > 0
@@ -122,9 +151,13 @@ def test_tokens_never_read_stale_data_while_replay_is_delayed(
         assert served["writer"] > 40 and served["replica"] == 0, served
         fallbacks = layer.registry.get_sample_value("videodb_reads_total", {"served_by": "writer"})
         assert fallbacks == fallbacks_before + served["writer"]  # the metric counts them
+        stale, served = write_then_read(layer, 100, with_token=True, via="fetch")
+        assert stale == 0 and served["writer"] > 20 and served["replica"] == 0, served
         # Without a token the same reads do go to the slave, and there they are stale.
         stale, served = write_then_read(layer, 100, with_token=False)
         assert served["replica"] > 20 and stale > 20, (stale, served)
+        stale, served = write_then_read(layer, 60, with_token=False, via="fetch")
+        assert served["replica"] > 10 and stale > 10, (stale, served)
         # A staleness bound keeps reads off the lagging replica.
         stale, served = write_then_read(layer, 100, with_token=False, max_lag_s=0.1)
         assert served["replica"] == 0 and stale == 0, (stale, served)
@@ -143,6 +176,8 @@ def test_write_through_a_reader_session_never_reaches_the_database(layer: DataLa
         read.session.execute(text("WITH x AS (DELETE FROM rw_check RETURNING 1) SELECT 1"))
     with layer.reader_engine.connect() as conn, pytest.raises(ReadOnlySessionError):
         conn.execute(text("DROP TABLE rw_check"))
+    with pytest.raises(ReadOnlySessionError):
+        layer.fetch("DELETE FROM no_such_table_for_reader_check")
     with layer.reader() as read:
         assert read.session.execute(text("SELECT count(*) FROM rw_check")).scalar_one() == 1
 
@@ -220,6 +255,7 @@ def test_reads_continue_and_idempotent_writes_resume_across_failovers(
         while not stop.is_set():
             try:
                 layer.read(count_uploads, created)
+                layer.fetch("SELECT count(*) FROM uploads", token=created)
                 reads += 1
             except Exception as exc:  # any failure that escaped the retries
                 read_failures.append(repr(exc))
@@ -275,6 +311,10 @@ def test_reads_continue_and_idempotent_writes_resume_across_failovers(
     # (max_lag_s makes the layer ask the node rather than trust what a connection saw).
     for _ in range(6):
         assert layer.read(served_by, created, max_lag_s=3600.0) == "writer"
+    writer_reads = layer.registry.get_sample_value("videodb_reads_total", {"served_by": "writer"})
+    assert layer.fetch("SELECT count(*) FROM uploads", token=created, max_lag_s=3600.0)
+    after = layer.registry.get_sample_value("videodb_reads_total", {"served_by": "writer"})
+    assert after == (writer_reads or 0) + 1
 
 
 def test_classification_of_a_real_read_only_error(cluster: RunningCluster) -> None:

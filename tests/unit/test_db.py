@@ -143,15 +143,27 @@ def test_routing_decisions_without_a_server() -> None:
     layer = DataLayer(DataSourceSettings(token_wait_ms=0))
     token = ConsistencyToken(3, 1000)
     replica = Position(in_recovery=True, lsn=2000, timeline=3, lag_s=0.0)
-    conn: object = None  # never used when the answer is known without asking again
-    assert layer._usable(conn, replica, token, None) == (True, 0.0)  # type: ignore[arg-type]
+
+    def never() -> Position:  # the answer is known without asking the node again
+        raise AssertionError("asked")
+
+    assert layer.usable(never, replica, token, None) == (True, 0.0)
     older_timeline = Position(True, 5000, 4, 0.0)
-    assert layer._usable(conn, older_timeline, token, None)[0] is False  # type: ignore[arg-type]
+    assert layer.usable(never, older_timeline, token, None)[0] is False
     primary_behind = Position(False, 500, 3, 0.0)
-    assert layer._usable(conn, primary_behind, token, None)[0] is False  # type: ignore[arg-type]
+    assert layer.usable(never, primary_behind, token, None)[0] is False
     lagging = Position(True, 2000, 3, 7.5)
-    assert layer._usable(conn, lagging, token, 5.0)[0] is False  # type: ignore[arg-type]
-    assert layer._usable(conn, lagging, None, 10.0)[0] is True  # type: ignore[arg-type]
+    assert layer.usable(never, lagging, token, 5.0)[0] is False
+    assert layer.usable(never, lagging, None, 10.0)[0] is True
+    behind = Position(True, 900, 3, 0.0)  # on the token's timeline, not there yet: asks again
+    answers = iter([Position(True, 950, 3, 0.0), Position(True, 1000, 3, 0.0)])
+    waiting = DataLayer(DataSourceSettings(token_wait_ms=2000))
+    usable, waited = waiting.usable(lambda: next(answers), behind, token, None)
+    assert usable and waited > 0
+    waiting.dispose()
+    # fetch() refuses a write before it takes a connection (there is no server here)
+    with pytest.raises(ReadOnlySessionError, match="reader session"):
+        layer.fetch("UPDATE videos SET views = 0")
     layer.dispose()
 
 

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import psycopg
 from prometheus_client import CollectorRegistry
+from psycopg.rows import RowFactory, tuple_row
 from sqlalchemy import URL, Connection, Engine, ExceptionContext, create_engine, event, text
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import ORMExecuteState, Session
@@ -25,6 +26,7 @@ from videodb.db.errors import (
     WriteInDoubtError,
     classify,
 )
+from videodb.db.fetch import Params, fetch_once
 from videodb.db.metrics import Metrics
 from videodb.db.position import SEEN, Position, read_position
 from videodb.db.readonly import check_read_only
@@ -406,7 +408,7 @@ class DataLayer:
                 self.metrics.position_checks.labels("asked").inc()
                 position = read_position(conn)
                 served_by = "replica" if position.in_recovery else "primary"
-                usable, waited = self._usable(conn, position, token, max_lag)
+                usable, waited = self.usable(partial(read_position, conn), position, token, max_lag)
                 if token is not None:
                     self.metrics.token_wait.observe(waited)
                 if not usable:
@@ -439,13 +441,16 @@ class DataLayer:
                 self.metrics.token_wait.observe(0.0)
         self.metrics.reads.labels(where).inc()
 
-    def _usable(
+    def usable(
         self,
-        conn: Connection,
+        ask: Callable[[], Position],
         position: Position,
         token: ConsistencyToken | None,
         max_lag: float | None,
     ) -> tuple[bool, float]:
+        """May a read with `token` and `max_lag` run on the node at `position`? Waits up to
+        token_wait_ms for a replica on the token's timeline to replay it, asking `ask` (the
+        node's position, on the connection the read will use). (usable, seconds waited)."""
         if max_lag is not None and position.lag_s > max_lag:
             return False, 0.0
         if token is None or position.has(token):
@@ -457,7 +462,7 @@ class DataLayer:
         deadline = began + self.settings.token_wait_ms / 1000
         while time.monotonic() < deadline:
             time.sleep(0.002)
-            position = read_position(conn)
+            position = ask()
             if position.has(token):
                 return True, time.monotonic() - began
         return False, time.monotonic() - began
@@ -477,7 +482,8 @@ class DataLayer:
             # dropped. Wait on this same node for its replay, as a check asked first would, and
             # read again there; else on the writer.
             unit.session.rollback()
-            usable, waited = self._usable(unit.session.connection(), behind, token, max_lag)
+            ask = partial(read_position, unit.session.connection())
+            usable, waited = self.usable(ask, behind, token, max_lag)
             if token is not None:
                 self.metrics.token_wait.observe(waited)
             if usable:
@@ -511,10 +517,30 @@ class DataLayer:
         max_lag_s: float | None = None,
     ) -> T:
         """Run a read, retried with jittered backoff across a failover (reads are idempotent)."""
+        return self._retrying("read", lambda: self._read_once(fn, token, max_lag_s))
+
+    def fetch(
+        self,
+        sql: str,
+        params: Params = None,
+        token: ConsistencyToken | None = None,
+        max_lag_s: float | None = None,
+        *,
+        row_factory: RowFactory[Any] = tuple_row,
+    ) -> list[Any]:
+        """The rows of one read-only SQL statement (psycopg placeholders), with read()'s rules
+        and retries but no ORM Session: for hot paths (db/fetch.py). `row_factory`: psycopg's,
+        e.g. psycopg.rows.dict_row."""
+        max_lag = max_lag_s if max_lag_s is not None else self.settings.max_lag_s
+        return self._retrying(
+            "fetch", lambda: fetch_once(self, sql, params, token, max_lag, row_factory)
+        )
+
+    def _retrying(self, operation: str, attempt: Callable[[], T]) -> T:
         delays = self.backoff.delays()
         while True:
             try:
-                return self._read_once(fn, token, max_lag_s)
+                return attempt()
             except DB_ERRORS as exc:
                 failure = self._after_failure(self.reader_engine, exc)
                 if not failure.retryable:
@@ -522,6 +548,6 @@ class DataLayer:
                 delay = next(delays, None)
                 if delay is None:
                     raise
-                self.metrics.retries.labels("read", failure.value).inc()
-                log.warning("read: %s; retrying in %.2f s", failure.value, delay)
+                self.metrics.retries.labels(operation, failure.value).inc()
+                log.warning("%s: %s; retrying in %.2f s", operation, failure.value, delay)
                 time.sleep(delay)

@@ -21,7 +21,7 @@ from videodb.services.base import create_app, json_error
 from videodb.services.ranges import ByteRange, RangeNotSatisfiable, etag_matches, parse_range
 from videodb.services.runtime import AppConfig
 from videodb.services.storage import ContentStore
-from videodb.services.videos import VideoOut, get_video, parse_id
+from videodb.services.videos import VideoOut, fetch_video, parse_id
 from videodb.services.views import ViewCounter
 
 DESCRIPTION = """Serves a video's bytes: `Range: bytes=...` gives 206 with Content-Range (416 when
@@ -126,9 +126,7 @@ def build_app(config: AppConfig, layer: DataLayer | None = None) -> FastAPI:
         token = request_token(request)
         video = recent.get(vid)
         if video is None:
-            video = await run_in_threadpool(
-                layer.read, lambda session: VideoOut.of(get_video(session, vid)), token
-            )
+            video = await run_in_threadpool(fetch_video, layer, vid, token)
             recent.put(video)
         path = store.path_for(video.sha256)
         try:

@@ -7,10 +7,12 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import HTTPException
+from psycopg.rows import dict_row
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from videodb.db import ConsistencyToken, DataLayer
 from videodb.services.models import Video
 
 Title = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
@@ -60,6 +62,24 @@ def parse_id(raw: str) -> uuid.UUID:
         raise HTTPException(
             404, f"no video {raw!r}: ids are UUIDs like 3f2b8c1e-...; list them at /api/videos"
         ) from exc
+
+
+# The columns VideoOut shows, for reads through DataLayer.fetch (no ORM on the hot path).
+VIDEO_COLUMNS = tuple(name for name in VideoOut.model_fields if name != "stream_url")
+VIDEO_BY_ID = f"SELECT {', '.join(VIDEO_COLUMNS)} FROM {Video.__tablename__} WHERE id = %s"
+
+
+def fetch_video(
+    layer: DataLayer, video_id: uuid.UUID, token: ConsistencyToken | None = None
+) -> VideoOut:
+    """One video by id in one statement on the pooled driver connection (the streaming
+    service's lookup), with the token's read-your-writes like get_video through read()."""
+    rows = layer.fetch(VIDEO_BY_ID, (video_id,), token, row_factory=dict_row)
+    if not rows:
+        raise HTTPException(404, f"no video {video_id}; it was never uploaded or was deleted")
+    out = VideoOut.model_validate(rows[0])
+    out.stream_url = f"/api/videos/{video_id}/stream"
+    return out
 
 
 def get_video(session: Session, video_id: uuid.UUID) -> Video:
