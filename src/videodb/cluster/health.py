@@ -108,7 +108,9 @@ def check_health(
             # After a failover, until the old master streams again (failover-test: unprotected_s)
             problems.append(
                 "no synchronous standby named: commits are acknowledged with no replica holding "
-                "them (unprotected) until one streams; replication 'sync-strict' makes them wait"
+                "them (unprotected), and a master lost now is not replaced automatically (Patroni "
+                "promotes only a named synchronous standby) until one streams; replication "
+                "'sync-strict' makes commits wait instead"
             )
         else:
             problems.append("no synchronous standby named: commits wait until a replica streams")
