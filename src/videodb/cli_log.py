@@ -31,13 +31,27 @@ def _hide_secret(word: str) -> str:
     return prefix + _SECRET_ASSIGNMENT.sub(r"\1********", word[len(prefix) :])
 
 
+def _make_public_dirs(directory: Path) -> None:
+    """Create `directory` and its missing parents as 0755, whatever the umask: the first command
+    creates the state directory here, and under an umask of 0077 PostgreSQL's OS user could not
+    enter it (start would refuse it). The state preparation sets the same modes."""
+    missing = []
+    current = directory
+    while not current.exists():
+        missing.append(current)
+        current = current.parent
+    directory.mkdir(parents=True, exist_ok=True)
+    for created in missing:
+        os.chmod(created, 0o755)
+
+
 def log_to(logs_dir: Path) -> Path | None:
     """Append the "videodb" loggers' INFO and above to logs_dir/cli.log (once per process)."""
     path = logs_dir / "cli.log"
     if path in _attached:
         return path
     try:
-        logs_dir.mkdir(parents=True, exist_ok=True)
+        _make_public_dirs(logs_dir)
         handler = logging.FileHandler(path, encoding="utf-8")
     except OSError:
         return None  # a log that cannot be written must not stop the command

@@ -1,23 +1,42 @@
-"""The launcher shortens the poll of the Patroni release installed here, and only that."""
+"""The launcher shortens the poll of the Patroni release installed here, and only that.
+
+Each check runs in a child interpreter: importing Patroni sets the process's umask to 0077 (its
+patroni.file_perm), which the test process must not inherit (the CLIs it starts would create
+state directories PostgreSQL's OS user cannot enter).
+"""
 
 from __future__ import annotations
 
-import patroni.postgresql as postgresql
-import pytest
-
-import videodb.cluster.patroni_launch as patroni_launch
+import subprocess
+import sys
 
 
-def test_the_installed_patroni_has_the_poll_and_the_launcher_shortens_it(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    assert postgresql.STOP_POLLING_INTERVAL == 1  # Patroni's own value, before the launcher
-    monkeypatch.setattr(postgresql, "STOP_POLLING_INTERVAL", 1)
-    patroni_launch.tune()
-    assert postgresql.STOP_POLLING_INTERVAL == patroni_launch.STOP_POLL_S == 0.25
+def python(code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
 
 
-def test_a_patroni_without_the_poll_is_refused_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delattr(postgresql, "STOP_POLLING_INTERVAL")
-    with pytest.raises(SystemExit, match="STOP_POLLING_INTERVAL is missing"):
-        patroni_launch.tune()
+def test_the_installed_patroni_has_the_poll_and_the_launcher_shortens_it() -> None:
+    code = (
+        "import patroni.postgresql as p\n"
+        "from videodb.cluster import patroni_launch\n"
+        "print(p.STOP_POLLING_INTERVAL)\n"
+        "patroni_launch.tune(0.25)\n"
+        "print(p.STOP_POLLING_INTERVAL, patroni_launch.STOP_POLL_S)\n"
+    )
+    result = python(code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["1", "0.25", "0.25"]  # Patroni's own value, then ours
+
+
+def test_a_patroni_without_the_poll_is_refused_by_name() -> None:
+    code = (
+        "import patroni.postgresql as p\n"
+        "from videodb.cluster import patroni_launch\n"
+        "del p.STOP_POLLING_INTERVAL\n"
+        "patroni_launch.tune()\n"
+    )
+    result = python(code)
+    assert result.returncode == 1
+    assert "STOP_POLLING_INTERVAL is missing from this Patroni release" in result.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import stat
 import subprocess
 import sys
 import time
@@ -93,3 +94,24 @@ def test_a_secret_given_as_a_flag_is_never_recorded() -> None:
         "platform.sh --set database.app_password=******** --set=a.b_password=******** "
         "--set haproxy.maxconn=500 start video"
     )
+
+
+def test_the_first_command_makes_the_state_directory_enterable_under_umask_0077(
+    tmp_path: Path,
+) -> None:
+    """An operator's umask 0077 must not make the state directory one PostgreSQL's OS user
+    cannot enter (start would refuse it). In a child process: the umask is process-wide."""
+    state = tmp_path / "srv" / "state"
+    code = (
+        "import os, sys\n"
+        "from pathlib import Path\n"
+        "from videodb.cli_log import log_to\n"
+        "os.umask(0o077)\n"
+        "assert log_to(Path(sys.argv[1]) / 'logs') is not None\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(state)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    for directory in (tmp_path / "srv", state, state / "logs"):
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o755, directory
