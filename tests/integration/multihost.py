@@ -134,6 +134,7 @@ class SimCluster:
     def cli_json(self, host: str, *args: str, expect_rc: int | None = 0) -> Any:
         result = self.cli(host, *args, "--json")
         assert expect_rc is None or result.rc == expect_rc, result
+        assert result.stdout.strip(), f"no JSON on stdout: {result}"
         return json.loads(result.stdout)
 
     def start_all(
