@@ -185,3 +185,28 @@ def test_a_rotated_app_password_is_used_unless_one_is_given(tmp_path: Path) -> N
         config, env={"DB_PASSWORD": "mine"}, assignments=[f"state_dir={tmp_path}"]
     )
     assert with_bundle_password(given).settings.database.app_password.get_secret_value() == "mine"
+
+
+@pytest.mark.parametrize(
+    ("status", "routes"), [("UP", True), ("UP 1/2", True), ("DOWN", False), (None, False)]
+)
+def test_a_replica_out_of_reach_counts_as_replayed_only_when_the_read_port_skips_it(
+    monkeypatch: pytest.MonkeyPatch, status: str | None, routes: bool
+) -> None:
+    """rotate password app waits for every replica to replay the change; one it cannot reach is
+    passed over only when this host's read port sends it no reads (None: no HAProxy answers)."""
+    from videodb.cluster import rotate
+    from videodb.cluster.haproxy_stats import ServerStatus
+    from videodb.cluster.render import READ_BACKEND
+    from videodb.config import Settings
+    from videodb.errors import NotRunningError
+
+    def servers(_settings: Settings) -> list[ServerStatus]:
+        if status is None:
+            raise NotRunningError("HAProxy stats not reachable")
+        line = ServerStatus(READ_BACKEND, "postgres-video-slave", status, 0, 0, None, None, "", 0)
+        return [line]
+
+    monkeypatch.setattr(rotate, "fetch_server_status", servers)
+    assert rotate.read_port_routes_to(Settings(), "postgres-video-slave") is routes
+    assert rotate.read_port_routes_to(Settings(), "postgres-video-master") is False

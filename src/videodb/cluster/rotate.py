@@ -34,12 +34,13 @@ from pydantic import SecretStr
 from videodb.cluster.apps import write_app_files
 from videodb.cluster.ha import is_paused
 from videodb.cluster.haproxy_admin import reload_haproxy
+from videodb.cluster.haproxy_stats import fetch_server_status
 from videodb.cluster.health import etcd_member_healthy
 from videodb.cluster.hosts import reapply
 from videodb.cluster.patroni_api import PatroniAPI
 from videodb.cluster.pg import connect_superuser
 from videodb.cluster.preflight import find_toolchain
-from videodb.cluster.render import ETCD_PROGRAM
+from videodb.cluster.render import ETCD_PROGRAM, READ_BACKEND
 from videodb.cluster.served_cert import served_serial
 from videodb.cluster.state import validate_haproxy
 from videodb.cluster.supervisor import Supervisor, supervisord_pid
@@ -52,7 +53,7 @@ from videodb.cluster.tls import (
     save_ca,
 )
 from videodb.config import LoadedSettings, NodeSpec, Settings
-from videodb.errors import ClusterError, ConfigError, PrerequisiteError
+from videodb.errors import ClusterError, ConfigError, NotRunningError, PrerequisiteError
 from videodb.layout import StateLayout, resolve_layout, service_user, tls_files
 from videodb.secrets import (
     API_FILE,
@@ -501,7 +502,11 @@ def _wait_replayed(settings: Settings, current: ClusterSecrets, primary: NodeSpe
                         "SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (target,)
                     ).fetchone()
             except ClusterError:
-                return True  # a node that is down serves no reads; it replays when it is back
+                # Not reachable from here: done only if this host's read port sends it no reads
+                # either (a node that is down serves none; it replays when it is back). One the
+                # read port still routes to, we cannot see into: keep the old password until the
+                # wait runs out.
+                return not read_port_routes_to(settings, node.name)
             return bool(done and done[0])
 
         wait_for(
@@ -511,6 +516,17 @@ def _wait_replayed(settings: Settings, current: ClusterSecrets, primary: NodeSpe
             interval=0.1,
             hint="see 'platform.sh replication-status'",
         )
+
+
+def read_port_routes_to(settings: Settings, name: str) -> bool:
+    """This host's HAProxy has node `name` UP in its read backend (False without HAProxy here)."""
+    if not settings.this_host().haproxy:
+        return False
+    try:
+        servers = fetch_server_status(settings)
+    except NotRunningError:
+        return False
+    return any(s.backend == READ_BACKEND and s.server == name and s.up for s in servers)
 
 
 def _check_switch(
