@@ -9,7 +9,10 @@ inside these namespaces. Faults are made the way a network makes them:
 - cut: a blackhole route inside one host towards another (a one-way, pairwise cut).
 
 `close()` kills every process left in the namespaces (by pid, from `ip netns pids`) and deletes
-them; deleting a namespace removes its links and the bridge with it.
+them; deleting a namespace removes its links and the bridge with it. A run killed with SIGKILL
+cannot close: every namespace name carries the pid of the process that made it
+(`vdb<random>p<pid>-<host>`), and the next network made here first removes those whose maker is
+gone (`sweep_stale`).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import contextlib
 import ctypes
 import os
 import random
+import re
 import secrets
 import signal
 import subprocess
@@ -27,6 +31,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
+
+from videodb.cluster.supervisor import pid_alive
 
 T = TypeVar("T")
 CLONE_NEWNET = 0x40000000
@@ -64,16 +70,51 @@ class SimHost:
     switch_port: str  # the veth end on the bridge, inside the switch namespace
 
 
+STALE = re.compile(r"^vdb[0-9a-f]+p(\d+)-")
+NETNS_DIR = Path("/run/netns")
+
+
+def owner_pid(netns: str) -> int | None:
+    """The pid recorded in a namespace name of ours (None: not one of ours, or an older name)."""
+    match = STALE.match(netns)
+    return int(match.group(1)) if match else None
+
+
+def sweep_stale(alive: Callable[[int], bool]) -> list[str]:
+    """Remove the namespaces of ours whose maker is no longer alive (a SIGKILLed test run):
+    kill what runs in them (by pid, from `ip netns pids`), delete them. What was removed."""
+    removed = []
+    names = sorted(p.name for p in NETNS_DIR.iterdir()) if NETNS_DIR.is_dir() else []
+    for netns in names:
+        pid = owner_pid(netns)
+        if pid is None or alive(pid):
+            continue
+        for _ in range(3):
+            pids = [int(x) for x in _ip("netns", "pids", netns).split()]
+            if not pids:
+                break
+            for victim in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(victim, signal.SIGKILL)
+            time.sleep(0.2)
+        with contextlib.suppress(RuntimeError):
+            _ip("netns", "del", netns)
+            removed.append(netns)
+    return removed
+
+
 @dataclass
 class SimNetwork:
     """A private /24 with a bridge; hosts join it with `add_host`."""
 
-    tag: str = field(default_factory=lambda: secrets.token_hex(3))
+    tag: str = field(default_factory=lambda: f"{secrets.token_hex(2)}p{os.getpid()}")
     subnet: str = field(default_factory=lambda: f"10.249.{random.randint(1, 254)}")
     hosts: dict[str, SimHost] = field(default_factory=dict)
     switch: str = ""
 
     def __post_init__(self) -> None:
+        for netns in sweep_stale(pid_alive):
+            print(f"removed a namespace left by a killed test run: {netns}")
         self.switch = f"vdb{self.tag}-switch"
         _ip("netns", "add", self.switch)
         _ip("-n", self.switch, "link", "add", "br0", "type", "bridge")
