@@ -13,7 +13,8 @@ transaction; errors are classified and retried by DataLayer.fetch as read() retr
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -50,12 +51,9 @@ def fetch_once(
 ) -> list[Any]:
     """One attempt: rows from a replica that may serve them, else from the writer."""
     check_read_only(sql)
-    fairy = layer.reader_engine.raw_connection()
     served_by = "replica"
     rows: list[Any] | None = None
-    try:
-        driver: psycopg.Connection[Any] = fairy.driver_connection  # type: ignore[assignment]
-        info = fairy.info
+    with _checked_out(layer.reader_engine) as (driver, info):
         cached: Position | None = info.get(SEEN)
         checks = layer.metrics.position_checks
         if token is None and max_lag is None:
@@ -93,17 +91,27 @@ def fetch_once(
                     layer.metrics.token_wait.observe(waited)
                 if usable:
                     rows = _run(driver, sql, params, row_factory)
+    if rows is None:
+        return _on_writer(layer, sql, params, row_factory)
+    layer.metrics.reads.labels(served_by).inc()
+    return rows
+
+
+@contextmanager
+def _checked_out(engine: Engine) -> Iterator[tuple[psycopg.Connection[Any], dict[str, Any]]]:
+    """A pooled connection's psycopg connection and its pool record's info; back to the pool
+    afterwards, retired first when an error says its node died or changed role (_retire)."""
+    fairy = engine.raw_connection()
+    try:
+        driver: psycopg.Connection[Any] = fairy.driver_connection  # type: ignore[assignment]
+        yield driver, fairy.info
     except psycopg.Error as exc:
-        _retire(layer.reader_engine, fairy, exc)
+        _retire(engine, fairy, exc)
         raise
     except BaseException:
         fairy.close()
         raise
     fairy.close()
-    if rows is None:
-        return _on_writer(layer, sql, params, row_factory)
-    layer.metrics.reads.labels(served_by).inc()
-    return rows
 
 
 def _run(
@@ -118,19 +126,10 @@ def _on_writer(
     layer: DataLayer, sql: str, params: Params, row_factory: RowFactory[Any]
 ) -> list[Any]:
     """The fallback: the statement in a read-only transaction on the writer."""
-    fairy = layer.writer_engine.raw_connection()
-    try:
-        driver: psycopg.Connection[Any] = fairy.driver_connection  # type: ignore[assignment]
+    with _checked_out(layer.writer_engine) as (driver, _):
         driver.execute("SET TRANSACTION READ ONLY")
         rows = _run(driver, sql, params, row_factory)
         driver.rollback()
-    except psycopg.Error as exc:
-        _retire(layer.writer_engine, fairy, exc)
-        raise
-    except BaseException:
-        fairy.close()
-        raise
-    fairy.close()
     layer.metrics.reads.labels("writer").inc()
     return rows
 
