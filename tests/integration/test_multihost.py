@@ -3,14 +3,10 @@
 
 from __future__ import annotations
 
-import base64
 import os
 import shutil
 import signal
-import ssl
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,6 +30,7 @@ from tests.integration.multihost import (
     sim_cluster_lifecycle,
     wait_healthy,
 )
+from tests.integration.probes import https_status, tls_context
 from tests.integration.rotation_load import Load
 from tests.integration.simhosts import netns_available
 from videodb import certs
@@ -121,28 +118,6 @@ def _private_copy(source: Path, target: Path) -> Path:
     return target
 
 
-def _https(url: str, context: ssl.SSLContext, password: str | None = None) -> int | str:
-    """POST (with a password: Patroni's /reload) or GET; the status, or why it was refused."""
-    request = urllib.request.Request(url, data=b"{}" if password else None)
-    if password:
-        token = base64.b64encode(f"patroni:{password}".encode()).decode()
-        request.add_header("Authorization", f"Basic {token}")
-    try:
-        with urllib.request.urlopen(request, timeout=5, context=context) as resp:
-            return int(resp.status)
-    except urllib.error.HTTPError as exc:
-        return int(exc.code)
-    except (OSError, ssl.SSLError) as exc:
-        return f"refused: {exc}"
-
-
-def _context(ca: Path, cert: Path | None = None, key: Path | None = None) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=str(ca))
-    if cert is not None and key is not None:
-        context.load_cert_chain(str(cert), str(key))
-    return context
-
-
 def test_every_link_from_another_host_is_tls_verified_by_the_cluster_ca(
     sim: SimCluster, tmp_path: Path
 ) -> None:
@@ -200,13 +175,19 @@ def test_every_link_from_another_host_is_tls_verified_by_the_cluster_ca(
             "pg verify-full": postgres(
                 host=db1, port=node.port, sslmode="verify-full", sslrootcert=str(ca), **app
             ),
-            "etcd plaintext": _https(etcd.replace("https", "http") + "/health", _context(ca)),
-            "etcd no cert": _https(etcd + "/health", _context(ca)),
-            "etcd other CA": _https(etcd + "/health", _context(ca, fcert, fkey)),
-            "etcd ours": _https(etcd + "/health", _context(ca, cert, key)),
-            "api plaintext": _https(api.replace("https", "http") + "/patroni", _context(ca)),
-            "api unsafe no cert": _https(api + "/reload", _context(ca), sim_api_password(sim)),
-            "api other CA": _https(api + "/reload", _context(ca, fcert, fkey), "x"),
+            "etcd plaintext": https_status(
+                etcd.replace("https", "http") + "/health", tls_context(ca)
+            ),
+            "etcd no cert": https_status(etcd + "/health", tls_context(ca)),
+            "etcd other CA": https_status(etcd + "/health", tls_context(ca, fcert, fkey)),
+            "etcd ours": https_status(etcd + "/health", tls_context(ca, cert, key)),
+            "api plaintext": https_status(
+                api.replace("https", "http") + "/patroni", tls_context(ca)
+            ),
+            "api unsafe no cert": https_status(
+                api + "/reload", tls_context(ca), sim_api_password(sim)
+            ),
+            "api other CA": https_status(api + "/reload", tls_context(ca, fcert, fkey), "x"),
             "replicator passwords": [
                 postgres(**replication, password=p)
                 for p in ("", sim_api_password(sim), db.app_password.get_secret_value())
@@ -443,14 +424,14 @@ def test_rotations_across_hosts_fail_no_request_and_keep_the_timeline(
 
         etcd = s.etcd_client_url(s.host_spec(DB_HOSTS[0])) + "/health"
         api = f"https://{db1}:{node.api_port}/reload"
-        new_client = _context(ca, app_files.cert, app_files.key)
+        new_client = tls_context(ca, app_files.cert, app_files.key)
         return {
             "app": login(s.database.app_user, old_app, s.database.name),
             "superuser": login(s.database.superuser, old_super, "postgres"),
-            "api": _https(api, new_client, old_api),
-            "api new": _https(api, new_client, sim_api_password(sim)),
-            "etcd old CA": _https(etcd, _context(ca, old_cert, old_key)),
-            "etcd new": _https(etcd, new_client),
+            "api": https_status(api, new_client, old_api),
+            "api new": https_status(api, new_client, sim_api_password(sim)),
+            "etcd old CA": https_status(etcd, tls_context(ca, old_cert, old_key)),
+            "etcd new": https_status(etcd, new_client),
         }
 
     seen = sim.call(APP_HOST, old_credentials)

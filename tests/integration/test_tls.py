@@ -5,12 +5,8 @@ start."""
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import shutil
-import ssl
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +17,7 @@ import pytest
 from cryptography import x509
 
 from tests.integration.harness import RunningCluster, cluster_lifecycle
+from tests.integration.probes import https_status, tls_context
 from tests.integration.rotation_load import Load
 from videodb import certs
 from videodb.cluster.patroni_api import PatroniAPI
@@ -154,28 +151,6 @@ def rotate(cluster: RunningCluster, *args: str) -> dict[str, Any]:
     return dict(result)
 
 
-def https_status(
-    url: str, context: ssl.SSLContext, password: str | None, method: str = "POST"
-) -> int | str:
-    request = urllib.request.Request(url, data=b"{}", method=method)
-    if password is not None:
-        token = base64.b64encode(f"patroni:{password}".encode()).decode()
-        request.add_header("Authorization", f"Basic {token}")
-    try:
-        with urllib.request.urlopen(request, timeout=5, context=context) as resp:
-            return int(resp.status)
-    except urllib.error.HTTPError as exc:
-        return int(exc.code)
-    except (OSError, ssl.SSLError) as exc:
-        return f"refused: {exc}"
-
-
-def client_context(ca: Path, cert: Path, key: Path) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=str(ca))
-    context.load_cert_chain(str(cert), str(key))
-    return context
-
-
 def test_every_rotation_under_load_fails_no_request_and_keeps_the_timeline(
     tls_cluster: RunningCluster, tmp_path: Path
 ) -> None:
@@ -202,13 +177,13 @@ def test_every_rotation_under_load_fails_no_request_and_keeps_the_timeline(
         shutil.copy(files.root / name, tmp_path / f"old-{name}")
     (tmp_path / "old-host.key").chmod(0o600)
     rotate(c, "ca")
-    old_client = client_context(files.ca, tmp_path / "old-host.crt", tmp_path / "old-host.key")
+    old_client = tls_context(files.ca, tmp_path / "old-host.crt", tmp_path / "old-host.key")
     etcd = c.settings.etcd_client_url(c.settings.this_host()) + "/health"
-    assert str(https_status(etcd, old_client, None, "GET")).startswith("refused"), "etcd"
+    assert str(https_status(etcd, old_client)).startswith("refused"), "etcd"
     api = c.secrets.api_password
     reload = f"https://127.0.0.1:{node.api_port}/reload"
     assert str(https_status(reload, old_client, api)).startswith("refused"), "patroni"
-    new_client = client_context(files.ca, files.cert, files.key)
+    new_client = tls_context(files.ca, files.cert, files.key)
     assert https_status(reload, new_client, api) == 202
     with pytest.raises(psycopg.OperationalError, match="certificate verify failed"):
         c.app_connect(c.write_port, sslmode="verify-ca", sslrootcert=str(tmp_path / "old-ca.crt"))
