@@ -9,8 +9,11 @@ lines on PostgreSQL's socket and the REST check on the Patroni port: a second HA
 bench); and what the data layer's direct routing asks libpq for (multi-host: the writer
 target_session_attrs=read-write, the reader prefer-standby with load_balance_hosts=random). All in
 one run on one cluster (free ports, temporary directory), in rounds, so the figures that matter are
-the ratios. Also measures how long a row committed through the write port takes to be visible on
-the replica (replication visibility).
+the ratios. Then the same select through the data layer (`DataLayer.fetch()`, as many threads as
+clients) with routing haproxy and direct, against raw psycopg connections to the master in the same
+threads (Python threads: the absolute figures are the interpreter's, the ratios are the layer's).
+Also measures how long a row committed through the write port takes to be visible on the replica
+(replication visibility).
 """
 
 from __future__ import annotations
@@ -18,13 +21,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import random
 import re
 import statistics
 import subprocess
 import tempfile
+import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +37,7 @@ import psycopg
 
 from videodb.cluster import lifecycle, render
 from videodb.config import Settings
+from videodb.db import DataLayer, DataSourceSettings
 from videodb.layout import StateLayout
 from videodb.sandbox import sandbox
 from videodb.waiting import wait_for
@@ -166,6 +172,90 @@ def unix_haproxy(settings: Settings, layout: StateLayout) -> Iterator[Path]:
             proc.wait(timeout=10)
 
 
+SELECT_ONLY = "SELECT abalance FROM pgbench_accounts WHERE aid = %s"  # pgbench -S's statement
+
+
+Maker = Callable[[], Callable[[int], object]]  # per thread: a function of an account id
+
+
+def threaded_tps(threads: int, seconds: float, make: Maker) -> float:
+    """Statements per second over `threads` threads, each running its own `make()`'s function
+    with a random pgbench account id, for `seconds`."""
+    counts = [0] * threads
+    start = threading.Barrier(threads + 1)
+    stop = threading.Event()
+
+    def run(index: int) -> None:
+        op = make()
+        rng = random.Random(index)
+        start.wait()
+        while not stop.is_set():
+            op(rng.randint(1, 100_000))
+            counts[index] += 1
+
+    workers = [threading.Thread(target=run, args=(i,)) for i in range(threads)]
+    for worker in workers:
+        worker.start()
+    start.wait()
+    began = time.perf_counter()
+    time.sleep(seconds)
+    stop.set()
+    for worker in workers:
+        worker.join()
+    return sum(counts) / (time.perf_counter() - began)
+
+
+def layer_tps(settings: Settings, clients: int, seconds: float, rounds: int) -> dict[str, float]:
+    """Through DataLayer.fetch() with each routing, and raw psycopg to the master, in rounds."""
+    db = settings.database
+    layers = {
+        routing: DataLayer(
+            DataSourceSettings.for_platform(
+                settings, routing=routing, reader_pool_size=clients, min_idle=clients
+            )
+        )
+        for routing in ("haproxy", "direct")
+    }
+    raw_conns: list[psycopg.Connection[tuple[Any, ...]]] = []
+    lock = threading.Lock()
+
+    def raw() -> Callable[[int], object]:
+        conn = psycopg.connect(
+            host=settings.listen_host,
+            port=settings.nodes[0].port,
+            user=db.app_user,
+            password=db.app_password.get_secret_value(),
+            dbname=db.name,
+            autocommit=True,
+        )
+        with lock:
+            raw_conns.append(conn)
+        return lambda aid: conn.execute(SELECT_ONLY, (aid,)).fetchone()
+
+    def through(layer: DataLayer) -> Maker:
+        return lambda: lambda aid: layer.fetch(SELECT_ONLY, (aid,))
+
+    makers: dict[str, Maker] = {
+        "raw psycopg, direct to the master": raw,
+        "fetch(), routing haproxy": through(layers["haproxy"]),
+        "fetch(), routing direct": through(layers["direct"]),
+    }
+    try:
+        for layer in layers.values():
+            layer.warm()
+        samples: dict[str, list[float]] = {name: [] for name in makers}
+        for _ in range(rounds):
+            for name, make in makers.items():
+                samples[name].append(threaded_tps(clients, seconds, make))
+                for conn in raw_conns:
+                    conn.close()
+                raw_conns.clear()
+    finally:
+        for layer in layers.values():
+            layer.dispose()
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=10)
@@ -225,6 +315,14 @@ def main() -> None:
                 "  sockets against TCP without TLS (a unix socket carries no TLS): "
                 f"direct {direct_gain:.2f}, HAProxy {proxy_gain:.2f}"
             )
+            through_layer = layer_tps(s, args.clients, args.seconds, args.rounds)
+            raw_base = through_layer["raw psycopg, direct to the master"]
+            print(
+                f"the same select in {args.clients} Python threads, {args.seconds} s each, "
+                f"median of {args.rounds} rounds:"
+            )
+            for name, value in through_layer.items():
+                print(f"  {name:34s} {value:8.0f} /s  ratio to raw {value / raw_base:.2f}")
             vis = sorted(visibility_ms(s, 200))
             p99 = vis[int(len(vis) * 0.99) - 1]
             print(
