@@ -256,6 +256,14 @@ def layer_tps(settings: Settings, clients: int, seconds: float, rounds: int) -> 
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
+def print_ratios(title: str, figures: dict[str, float], base: str, unit: str) -> None:
+    print(title)
+    width = max(len(name) for name in figures)
+    for name, value in figures.items():
+        ratio = value / figures[base]
+        print(f"  {name:{width}s} {value:10.0f} {unit}  ratio to {base} {ratio:.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=10)
@@ -302,27 +310,26 @@ def main() -> None:
                     for name, (host, port, env) in targets.items():
                         samples[name].append(tps(pgbench(s, port, run, env, host)))
             figures = {name: statistics.median(values) for name, values in samples.items()}
-            base = figures["direct master"]
-            print(
+            print_ratios(
                 f"pgbench -n -S -c {args.clients} -j 2 -T {args.seconds}, scale {args.scale}, "
-                f"median of {args.rounds} rounds:"
+                f"median of {args.rounds} rounds:",
+                figures,
+                "direct master",
+                "tps",
             )
-            for name, value in figures.items():
-                print(f"  {name:24s} {value:10.0f} tps  ratio to direct {value / base:.2f}")
             direct_gain = figures["direct master, socket"] / figures["direct master, no TLS"]
             proxy_gain = figures["HAProxy write, sockets"] / figures["HAProxy write, no TLS"]
             print(
                 "  sockets against TCP without TLS (a unix socket carries no TLS): "
                 f"direct {direct_gain:.2f}, HAProxy {proxy_gain:.2f}"
             )
-            through_layer = layer_tps(s, args.clients, args.seconds, args.rounds)
-            raw_base = through_layer["raw psycopg, direct to the master"]
-            print(
+            print_ratios(
                 f"the same select in {args.clients} Python threads, {args.seconds} s each, "
-                f"median of {args.rounds} rounds:"
+                f"median of {args.rounds} rounds:",
+                layer_tps(s, args.clients, args.seconds, args.rounds),
+                "raw psycopg, direct to the master",
+                "/s",
             )
-            for name, value in through_layer.items():
-                print(f"  {name:34s} {value:8.0f} /s  ratio to raw {value / raw_base:.2f}")
             vis = sorted(visibility_ms(s, 200))
             p99 = vis[int(len(vis) * 0.99) - 1]
             print(

@@ -23,7 +23,7 @@ from sqlalchemy import Engine
 from sqlalchemy.pool import PoolProxiedConnection
 
 from videodb.db.errors import classify
-from videodb.db.position import POSITION_QUERY, SEEN, Position
+from videodb.db.position import POSITION_QUERY, SEEN, Position, ask_position
 from videodb.db.readonly import check_read_only
 from videodb.db.token import ConsistencyToken
 
@@ -31,14 +31,6 @@ if TYPE_CHECKING:
     from videodb.db.layer import DataLayer
 
 Params = Sequence[Any] | Mapping[str, Any] | None
-
-
-def ask_position(driver: psycopg.Connection[Any], info: dict[str, Any]) -> Position:
-    row = driver.execute(POSITION_QUERY).fetchone()
-    assert row is not None
-    position = Position.from_row(row)
-    info[SEEN] = position
-    return position
 
 
 def fetch_once(

@@ -36,13 +36,19 @@ class Position:
         return cls(bool(row[0]), parse_lsn(str(row[1])), int(row[2]), float(row[3] or 0.0))
 
 
-def read_position(conn: Connection) -> Position:
-    """One round trip, straight through the driver (SQLAlchemy's statement machinery would
-    cost more than the query on a local network)."""
-    driver = conn.connection.driver_connection
-    assert driver is not None
+def ask_position(driver: Any, info: dict[str, Any]) -> Position:
+    """One round trip on the psycopg connection `driver`; remembered in its pool record's
+    `info` (SEEN), where the next read on that pooled connection finds it."""
     row = driver.execute(POSITION_QUERY).fetchone()
     assert row is not None
     position = Position.from_row(row)
-    conn.info[SEEN] = position
+    info[SEEN] = position
     return position
+
+
+def read_position(conn: Connection) -> Position:
+    """ask_position on a SQLAlchemy connection (straight through the driver: SQLAlchemy's
+    statement machinery would cost more than the query on a local network)."""
+    driver = conn.connection.driver_connection
+    assert driver is not None
+    return ask_position(driver, conn.info)
