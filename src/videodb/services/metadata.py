@@ -7,6 +7,7 @@ deletes go through the writer and return a new token. The platform's web page is
 
 # No `from __future__ import annotations` here: FastAPI must evaluate the endpoints' annotations
 # where they are defined, since `Depends(writer)` names a local of build_app.
+import logging
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -17,18 +18,21 @@ from sqlalchemy import ColumnElement, Select, delete, desc, func, select
 from sqlalchemy.orm import Session
 
 from videodb.db import DataLayer, WriteUnit
+from videodb.db.layer import DB_ERRORS
 from videodb.db.web import publish_token, request_token, writer_dependency
 from videodb.services.base import create_app
 from videodb.services.models import Video
 from videodb.services.runtime import AppConfig
-from videodb.services.storage import ContentStore
-from videodb.services.upload import storage_lock_key
+from videodb.services.storage import StoreUnavailableError
+from videodb.services.stores import open_store
+from videodb.services.sweeper import drop_if_unreferenced
 from videodb.services.videos import Description, Tags, Title, VideoOut, get_video, parse_id
 
 DESCRIPTION = """Lists, searches, reads, updates and deletes videos. Reads use the read port and
 honour the read-your-writes token (`X-Consistency-Token` header or `consistency_token` cookie)
 that the upload service and this service's writes return."""
 
+log = logging.getLogger(__name__)
 PAGE = Path(__file__).parent / "static" / "index.html"
 Sort = Literal["newest", "oldest", "views", "title", "relevance"]
 
@@ -78,8 +82,14 @@ def _ordered(statement: Select[Video], sort: Sort, query: Any) -> Select[Video]:
 
 def build_app(config: AppConfig, layer: DataLayer | None = None) -> FastAPI:
     layer = layer or DataLayer(config.datasource)
-    store = ContentStore(config.storage_dir, config.max_upload_bytes)
-    app = create_app("metadata", layer, description=DESCRIPTION, ready_on="reader")
+    store = open_store(config.storage, config.max_upload_bytes)
+
+    async def close_store() -> None:
+        store.close()
+
+    app = create_app(
+        "metadata", layer, description=DESCRIPTION, ready_on="reader", on_shutdown=[close_store]
+    )
     writer = writer_dependency(layer)
 
     @app.get("/", include_in_schema=False)
@@ -156,22 +166,15 @@ def build_app(config: AppConfig, layer: DataLayer | None = None) -> FastAPI:
     def remove(video_id: str, unit: Annotated[WriteUnit, Depends(writer)]) -> Response:
         video = get_video(unit.session, parse_id(video_id))
         sha = video.sha256
-        unit.session.execute(select(func.pg_advisory_xact_lock(storage_lock_key(sha))))
         unit.session.execute(delete(Video).where(Video.id == video.id))
-        others = unit.session.execute(
-            select(func.count()).select_from(Video).where(Video.sha256 == sha)
-        ).scalar_one()
-        # Under the lock an upload of the same bytes waits; the bytes are set aside, and put
-        # back if the commit fails, so a failed delete loses nothing.
-        trashed = store.set_aside(sha) if others == 0 else None
+        token = unit.commit()
+        # The row is gone; the bytes go too unless another video has them. Checked again under
+        # the digest's lock in a transaction of its own, so that an upload of the same bytes in
+        # between keeps them; a failure here leaves them to the sweeper, never loses a video.
         try:
-            token = unit.commit()
-        except BaseException:
-            if trashed is not None:
-                store.put_back(trashed, sha)
-            raise
-        if trashed is not None:
-            trashed.unlink(missing_ok=True)
+            drop_if_unreferenced(layer, store, sha)
+        except (StoreUnavailableError, *DB_ERRORS) as exc:
+            log.warning("video %s deleted; its bytes are left to the sweeper: %s", video_id, exc)
         # A Response returned as is does not carry the dependency's headers: set the token here.
         done = Response(status_code=204)
         publish_token(done, token)

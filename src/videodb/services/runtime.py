@@ -16,6 +16,7 @@ from videodb.config import ServiceName, Settings
 from videodb.db import DataSourceSettings
 from videodb.errors import ConfigError
 from videodb.layout import StateLayout
+from videodb.services.stores import StoreSettings
 
 SERVICES: tuple[ServiceName, ...] = ("upload", "metadata", "streaming")
 
@@ -27,13 +28,16 @@ class AppConfig(BaseModel):
     ports: dict[ServiceName, Annotated[int, Field(ge=1, le=65535)]]
     web_port: Annotated[int, Field(ge=1, le=65535)]
     datasource: DataSourceSettings
-    storage_dir: Path
+    storage: StoreSettings
     max_upload_bytes: Annotated[int, Field(ge=1)]
     view_flush_s: Annotated[float, Field(gt=0)] = 2.0
     idempotency_ttl_s: Annotated[float, Field(gt=0)] = 24 * 3600.0
 
     @classmethod
-    def for_platform(cls, settings: Settings, layout: StateLayout) -> AppConfig:
+    def for_platform(
+        cls, settings: Settings, layout: StateLayout, storage: StoreSettings
+    ) -> AppConfig:
+        """`storage`: how this host reaches the videos' store (cluster/seaweedfs.py)."""
         a = settings.apps
         return cls(
             host=settings.address,
@@ -42,7 +46,7 @@ class AppConfig(BaseModel):
             datasource=DataSourceSettings.for_platform(
                 settings, password_file=layout.app_password_file()
             ),
-            storage_dir=storage_dir(settings, layout),
+            storage=storage,
             max_upload_bytes=a.max_upload_mb * 1024 * 1024,
             view_flush_s=a.view_flush_s,
             idempotency_ttl_s=a.idempotency_ttl_h * 3600,
@@ -51,6 +55,8 @@ class AppConfig(BaseModel):
     def to_json(self) -> str:
         data = self.model_dump(mode="json")
         data["datasource"]["password"] = self.datasource.password.get_secret_value()
+        if self.storage.s3 is not None:
+            data["storage"]["s3"]["secret_key"] = self.storage.s3.secret_key.get_secret_value()
         return json.dumps(data, indent=2)
 
     @classmethod
@@ -69,4 +75,5 @@ class AppConfig(BaseModel):
 
 
 def storage_dir(settings: Settings, layout: StateLayout) -> Path:
+    """The local backend's directory: apps.storage_dir, else videos/ in the state directory."""
     return settings.apps.storage_dir or layout.root / "videos"

