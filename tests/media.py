@@ -40,3 +40,32 @@ def make_video(path: Path, seconds: float = 2.0, size: str = "320x240") -> Path:
     ]
     subprocess.run(argv, check=True, capture_output=True, timeout=120)
     return path
+
+
+def make_noise_video(path: Path, seconds: float) -> Path:
+    """An MP4 of random noise: incompressible, about 5.8 MB a second (big uploads, long
+    streams)."""
+    argv = [
+        "ffmpeg",
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-y",
+        "-f",
+        "lavfi",
+        "-i",
+        f"nullsrc=size=640x360:rate=25:duration={seconds},noise=alls=100:allf=t+u",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-crf",
+        "10",
+        "-pix_fmt",
+        "yuv420p",
+        "-movflags",
+        "+faststart",
+        str(path),
+    ]
+    subprocess.run(argv, check=True, capture_output=True, timeout=120)
+    return path

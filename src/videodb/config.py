@@ -381,6 +381,11 @@ class Settings(_Strict):
         if len(set(names)) != len(names):
             raise ValueError(f"node names must be unique, got {names}")
         self._check_topology()
+        if self.storage.backend == "seaweedfs" and self.multi_host:
+            raise ValueError(
+                'storage.backend = "seaweedfs" runs on one machine only so far; across hosts use '
+                '"s3" with an S3 endpoint every application host reaches'
+            )
         for host in self.topology_hosts():
             seen: dict[int, str] = {}
             for what, port in self.ports_on(host).items():

@@ -18,8 +18,9 @@ from tests.integration.harness import RunningCluster, cluster_lifecycle, ensure_
 @pytest.fixture(scope="session")
 def cluster(request: pytest.FixtureRequest) -> Iterator[RunningCluster]:
     """The guide's setup: asynchronous replication, automatic failover."""
-    # A small upload limit, so that the oversized-upload test stays cheap; views written often.
-    apps = "max_upload_mb = 4\nview_flush_s = 0.5\n"
+    # A small upload limit, so that the oversized-upload test stays cheap (above S3's 5 MiB
+    # part, so that an upload to SeaweedFS can send whole parts); views written often.
+    apps = "max_upload_mb = 16\nview_flush_s = 0.5\n"
     with cluster_lifecycle(request, "videodb-it-", apps_toml=apps) as running:
         yield running
 

@@ -154,10 +154,6 @@ class RunningCluster:
         port = ports[service]
         return f"http://127.0.0.1:{port}"
 
-    @property
-    def storage(self) -> Path:
-        return self.settings.apps.storage_dir or self.layout.root / "videos"
-
 
 @dataclass
 class CliResult:

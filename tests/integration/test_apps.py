@@ -2,17 +2,23 @@
 through the metadata service, stream it with ranges, and refuse bad input leaving nothing behind.
 
 The platform is the session's (started by 'platform.sh start video', which starts the apps), with
-an upload limit of 4 MB and view counts written every 0.5 s.
+an upload limit of 16 MB and view counts written every 0.5 s. The suite runs three times: the
+videos in a local directory with the applications on HAProxy's ports, the same with direct
+routing, and the videos in SeaweedFS (started by the platform) through its S3 gateway. Each test
+runs in the variants that change what it checks (`runs_in`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+import signal
 import socket
 import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +26,21 @@ import httpx
 import pytest
 
 from tests.integration.harness import RunningCluster, set_apply_delay
-from tests.media import make_video
+from tests.media import make_noise_video, make_video
+from videodb.db import DataLayer
 from videodb.services.runtime import AppConfig
+from videodb.services.storage import StoredObject, VideoStore
+from videodb.services.stores import open_store
+from videodb.services.sweeper import Sweeper
 from videodb.waiting import wait_for
 
 pytestmark = pytest.mark.integration
 
 TOKEN = "X-Consistency-Token"
+
+
+VARIANTS = ("haproxy", "direct", "seaweedfs")
+STORAGE_TABLE = "[storage]\n"
 
 
 def restart_apps(cluster: RunningCluster, routing: str) -> None:
@@ -36,17 +50,58 @@ def restart_apps(cluster: RunningCluster, routing: str) -> None:
     assert written.routing == routing and len(written.nodes) == 2
 
 
-@pytest.fixture(scope="module", params=["haproxy", "direct"], autouse=True)
+def use_storage(cluster: RunningCluster, backend: str) -> None:
+    """Switch the platform's video store (its config file) and restart the applications: the
+    first switch to SeaweedFS adds its servers to the running platform."""
+    text = cluster.config_file.read_text()
+    head, rest = text.split(STORAGE_TABLE, 1)
+    rest = "\n".join(line for line in rest.split("\n") if not line.startswith("backend ="))
+    cluster.config_file.write_text(f'{head}{STORAGE_TABLE}backend = "{backend}"\n{rest}')
+    cluster.cli("stop", "apps", check=True)
+    cluster.cli("start", "apps", check=True, timeout=180)
+    assert AppConfig.load(cluster.layout.apps_config()).storage.backend == backend
+
+
+@pytest.fixture(scope="module", params=VARIANTS, autouse=True)
 def routing(request: pytest.FixtureRequest, cluster: RunningCluster) -> Iterator[str]:
     """The whole suite with the applications on HAProxy's ports (the default), then with direct
-    routing (libpq multi-host to the nodes)."""
+    routing (libpq multi-host to the nodes), then with the videos in SeaweedFS."""
     if request.param == "direct":
         restart_apps(cluster, "direct")
+    if request.param == "seaweedfs":
+        use_storage(cluster, "seaweedfs")
     try:
         yield str(request.param)
     finally:
         if request.param == "direct":
             restart_apps(cluster, "haproxy")
+        if request.param == "seaweedfs":
+            use_storage(cluster, "local")
+
+
+def runs_in(routing: str, *variants: str) -> None:
+    """Skip a test in the variants that do not change what it checks."""
+    if routing not in variants:
+        pytest.skip(f"checks nothing the {routing} variant changes (runs in {', '.join(variants)})")
+
+
+@pytest.fixture
+def store(cluster: RunningCluster, routing: str) -> Iterator[VideoStore]:
+    """The store the applications use now (from their config file): local or SeaweedFS."""
+    config = AppConfig.load(cluster.layout.apps_config())
+    opened = open_store(config.storage, config.max_upload_bytes)
+    try:
+        yield opened
+    finally:
+        opened.close()
+
+
+def stored_objects(store: VideoStore) -> set[tuple[str, str]]:
+    return {(item.kind, item.name) for item in store.listing()}
+
+
+def staged(store: VideoStore) -> list[StoredObject]:
+    return [item for item in store.listing() if item.kind == "staged"]
 
 
 @pytest.fixture(scope="module")
@@ -85,10 +140,6 @@ def upload(
         )
 
 
-def stored_files(cluster: RunningCluster) -> set[Path]:
-    return {p for p in cluster.storage.rglob("*") if p.is_file()}
-
-
 def video_count(cluster: RunningCluster) -> int:
     with cluster.app_connect(cluster.write_port) as conn:
         row = conn.execute("SELECT count(*) FROM videos").fetchone()
@@ -102,8 +153,11 @@ def error_message(response: httpx.Response) -> str:
     return str(body["error"]["message"])
 
 
-def test_a_plain_curl_upload_is_accepted(cluster: RunningCluster, media: dict[str, Path]) -> None:
+def test_a_plain_curl_upload_is_accepted(
+    cluster: RunningCluster, media: dict[str, Path], routing: str
+) -> None:
     """curl -F file=@clip.mp4 sends the part as application/octet-stream: judged by its bytes."""
+    runs_in(routing, "haproxy", "seaweedfs")
     done = subprocess.run(
         [
             "curl",
@@ -129,7 +183,7 @@ def test_a_plain_curl_upload_is_accepted(cluster: RunningCluster, media: dict[st
 
 
 def test_upload_is_found_at_once_and_streams_byte_for_byte(
-    cluster: RunningCluster, http: httpx.Client, media: dict[str, Path]
+    cluster: RunningCluster, http: httpx.Client, media: dict[str, Path], store: VideoStore
 ) -> None:
     """Read-your-writes across services: with a 2 s replay delay on the slave, the metadata and
     streaming services still find a video right after its upload when given the upload's token;
@@ -145,6 +199,19 @@ def test_upload_is_found_at_once_and_streams_byte_for_byte(
         assert video["sha256"] == hashlib.sha256(data).hexdigest()
         assert video["size_bytes"] == len(data) and video["content_type"] == "video/mp4"
         assert video["tags"] == ["cats", "test"]
+        # What ffprobe read, and the poster ffmpeg made (stored beside the bytes).
+        assert video["duration_s"] == pytest.approx(2.0, abs=0.1)
+        assert (video["width"], video["height"]) == (320, 240)
+        assert (video["video_codec"], video["audio_codec"]) == ("h264", "aac")
+        assert video["has_poster"] and video["poster_url"] == f"/api/videos/{video['id']}/poster"
+        assert store.exists(video["sha256"])
+        poster = http.get(
+            cluster.app_url("streaming") + video["poster_url"], headers={TOKEN: token}
+        )
+        assert poster.status_code == 200 and poster.headers["content-type"] == "image/jpeg"
+        assert poster.content.startswith(b"\xff\xd8") and poster.content == store.poster(
+            video["sha256"]
+        )
         # Round robin over master and slave: ten searches reach the slave about five times.
         for _ in range(10):
             found = http.get(
@@ -192,8 +259,9 @@ def test_upload_is_found_at_once_and_streams_byte_for_byte(
 
 
 def test_the_web_port_routes_every_api_and_the_cookie_carries_the_token(
-    cluster: RunningCluster, media: dict[str, Path]
+    cluster: RunningCluster, media: dict[str, Path], routing: str
 ) -> None:
+    runs_in(routing, "haproxy", "seaweedfs")
     with httpx.Client(timeout=30) as browser_like:  # keeps cookies, like a browser
         title = f"web {uuid.uuid4().hex[:8]}"
         created = upload(browser_like, cluster, media["webm"], title=title, base="web")
@@ -207,24 +275,35 @@ def test_the_web_port_routes_every_api_and_the_cookie_carries_the_token(
             web + created.json()["stream_url"], headers={"Range": "bytes=0-3"}
         )
         assert stream.status_code == 206 and stream.content == b"\x1a\x45\xdf\xa3"
+        poster = browser_like.get(web + created.json()["poster_url"])
+        assert poster.status_code == 200 and poster.headers["content-type"] == "image/jpeg"
         page = browser_like.get(f"{web}/")
         assert page.status_code == 200 and "<video" in page.text
 
 
 def test_bad_input_gets_a_clear_4xx_and_leaves_nothing(
-    cluster: RunningCluster, http: httpx.Client, media: dict[str, Path], tmp_path: Path
+    cluster: RunningCluster,
+    http: httpx.Client,
+    media: dict[str, Path],
+    tmp_path: Path,
+    store: VideoStore,
+    routing: str,
 ) -> None:
+    runs_in(routing, "haproxy", "seaweedfs")
     up = f"{cluster.app_url('upload')}/api/videos"
-    files_before = stored_files(cluster)
+    objects_before = stored_objects(store)
     count_before = video_count(cluster)
+    limit = cluster.settings.apps.max_upload_mb * 1024 * 1024
     empty = tmp_path / "empty.mp4"
     empty.write_bytes(b"")
     text_file = tmp_path / "notes.mp4"
     text_file.write_text("this is not a video at all\n" * 100)
-    big = tmp_path / "big.mp4"  # just over the 4 MB limit: passes the Content-Length check
-    big.write_bytes(media["mp4"].read_bytes()[:64] + b"\x00" * (4 * 1024 * 1024))
+    big = tmp_path / "big.mp4"  # just over the limit: passes the Content-Length check
+    big.write_bytes(media["mp4"].read_bytes()[:64] + b"\x00" * limit)
     huge = tmp_path / "huge.mp4"  # far over: refused from its Content-Length
-    huge.write_bytes(b"\x00" * (6 * 1024 * 1024))
+    huge.write_bytes(b"\x00" * (limit + 2 * 1024 * 1024))
+    broken = tmp_path / "broken.mp4"  # an MP4's first bytes, then noise: ffprobe cannot read it
+    broken.write_bytes(media["mp4"].read_bytes()[:32] + uuid.uuid4().bytes * 2000)
     cases: list[tuple[httpx.Response, int, str]] = [
         (http.post(up, files={"title": (None, "no file")}), 400, "no 'file' part"),
         (http.post(up, data={"title": "a form"}), 415, "multipart/form-data"),
@@ -237,6 +316,7 @@ def test_bad_input_gets_a_clear_4xx_and_leaves_nothing(
             "not accepted",
         ),
         (upload(http, cluster, text_file, title="text"), 415, "does not look like a video"),
+        (upload(http, cluster, broken, title="broken"), 415, "cannot be read as a video"),
         (
             http.post(up, content=b"raw bytes", headers={"Content-Type": "video/mp4"}),
             415,
@@ -280,25 +360,23 @@ def test_bad_input_gets_a_clear_4xx_and_leaves_nothing(
     for response, status, message in cases:
         assert response.status_code == status, (status, message, response.text)
         assert message in error_message(response), (message, response.text)
-    # A client that goes away in the middle of its upload.
+    # A client that goes away in the middle of its upload, after a whole multipart part (8 MiB,
+    # storage.part_mb) was sent: what was staged (a temporary file, a multipart upload) goes.
+    body = media["mp4"].read_bytes() + b"\x00" * (9 * 1024 * 1024)
     with socket.create_connection(("127.0.0.1", cluster.settings.apps.upload_port)) as gone:
         gone.sendall(
-            b"POST /api/videos HTTP/1.1\r\nHost: x\r\nContent-Length: 5000000\r\n"
+            b"POST /api/videos HTTP/1.1\r\nHost: x\r\nContent-Length: 15000000\r\n"
             b"Content-Type: multipart/form-data; boundary=B\r\n\r\n--B\r\n"
             b'Content-Disposition: form-data; name="file"; filename="v.mp4"\r\n'
-            b"Content-Type: video/mp4\r\n\r\n" + media["mp4"].read_bytes()
+            b"Content-Type: video/mp4\r\n\r\n" + body
         )
-        wait_for(
-            lambda: any((cluster.storage / "tmp").iterdir()),
-            timeout=10,
-            what="the interrupted upload's temporary file",
-        )
+        wait_for(lambda: bool(staged(store)), timeout=10, what="the interrupted upload staged")
     wait_for(
-        lambda: not any((cluster.storage / "tmp").iterdir()),
+        lambda: not staged(store),
         timeout=10,
-        what="the interrupted upload's temporary file removed",
+        what="the interrupted upload's staged bytes removed",
     )
-    assert stored_files(cluster) == files_before, "a refused upload left a file behind"
+    assert stored_objects(store) == objects_before, "a refused upload left something behind"
     assert video_count(cluster) == count_before, "a refused upload left a row behind"
 
     created = upload(http, cluster, media["webm"], title="ranges")
@@ -315,10 +393,11 @@ def test_bad_input_gets_a_clear_4xx_and_leaves_nothing(
 
 
 def test_a_plain_upload_right_after_a_switchover_succeeds(
-    cluster: RunningCluster, http: httpx.Client, media: dict[str, Path]
+    cluster: RunningCluster, http: httpx.Client, media: dict[str, Path], routing: str
 ) -> None:
     """HAProxy cut the upload app's pooled writer connections at the switchover: the next
     upload, with no Idempotency-Key, must get a live connection, not a 503."""
+    runs_in(routing, "haproxy", "direct")
     before = upload(http, cluster, media["mp4"], title="before the switchover")
     assert before.status_code == 201, before.text
     master = cluster.cli_json("status")
@@ -356,7 +435,11 @@ def test_idempotency_key_returns_the_same_video_and_refuses_another_file(
 
 
 def test_metadata_lists_filters_updates_and_deletes(
-    cluster: RunningCluster, http: httpx.Client, media: dict[str, Path], tmp_path: Path
+    cluster: RunningCluster,
+    http: httpx.Client,
+    media: dict[str, Path],
+    tmp_path: Path,
+    store: VideoStore,
 ) -> None:
     tag = f"t{uuid.uuid4().hex[:8]}"
     meta = f"{cluster.app_url('metadata')}/api/videos"
@@ -396,18 +479,19 @@ def test_metadata_lists_filters_updates_and_deletes(
     same_bytes = http.get(meta, params={"tag": tag}, headers=auth).json()["items"]
     sharing = [v for v in same_bytes if v["sha256"] == sha]
     assert len(sharing) == 2
-    path = cluster.storage / sha[:2] / sha[2:4] / sha
     deleted = http.delete(f"{meta}/{ids[0]}")
-    assert deleted.status_code == 204 and path.exists()
+    assert deleted.status_code == 204 and store.exists(sha)
     gone = http.get(f"{meta}/{ids[0]}", headers={TOKEN: deleted.headers[TOKEN]})
     assert gone.status_code == 404
     http.delete(f"{meta}/{ids[2]}")
-    assert not path.exists()  # the last video with those bytes is gone, and so are they
+    # The last video with those bytes is gone, and so are they and their poster.
+    assert not store.exists(sha) and store.poster(sha) is None
 
 
 def test_views_are_counted_in_batches(
-    cluster: RunningCluster, http: httpx.Client, media: dict[str, Path]
+    cluster: RunningCluster, http: httpx.Client, media: dict[str, Path], routing: str
 ) -> None:
+    runs_in(routing, "haproxy", "direct")
     created = upload(http, cluster, media["webm"], title="views")
     video = created.json()
     stream = f"{cluster.app_url('streaming')}{video['stream_url']}"
@@ -443,7 +527,10 @@ def test_views_are_counted_in_batches(
     assert 1 <= writes <= intervals + 1, f"{writes} view writes in {intervals:.1f} intervals"
 
 
-def test_operations_endpoints_status_logs_and_stopping_the_apps(cluster: RunningCluster) -> None:
+def test_operations_endpoints_status_logs_and_stopping_the_apps(
+    cluster: RunningCluster, routing: str
+) -> None:
+    runs_in(routing, "haproxy", "seaweedfs")
     with httpx.Client(timeout=10) as http:
         for service in ("upload", "metadata", "streaming"):
             base = cluster.app_url(service)
@@ -484,3 +571,76 @@ def test_operations_endpoints_status_logs_and_stopping_the_apps(cluster: Running
             what="the web port routing to the metadata app again",
         )
         assert cluster.cli("status").rc == 0
+
+
+def test_the_sweeper_removes_orphans_after_their_grace_and_never_a_live_video(
+    cluster: RunningCluster,
+    http: httpx.Client,
+    media: dict[str, Path],
+    store: VideoStore,
+    routing: str,
+) -> None:
+    """Bytes no row names (an upload that died between its bytes and its row) and staged
+    uploads go once older than the grace period; a live video's bytes and poster stay."""
+    runs_in(routing, "haproxy", "seaweedfs")
+    live = upload(http, cluster, media["webm"], title=f"live {uuid.uuid4().hex[:6]}")
+    assert live.status_code == 201, live.text
+    live_sha = live.json()["sha256"]
+    orphan = store.save([media["mp4"].read_bytes() + uuid.uuid4().bytes], "video/mp4")
+    store.put_poster(orphan.sha256, b"\xff\xd8 an orphan's poster")
+    left = store.begin("video/mp4")  # an upload a crash left staged
+    left.write(media["mp4"].read_bytes())
+    left.finish()
+    config = AppConfig.load(cluster.layout.apps_config())
+    layer = DataLayer(config.datasource)
+    try:
+        sweeper = Sweeper(layer, store, grace_s=600)
+        young = sweeper.sweep()  # everything is younger than the grace period: kept
+        assert young.removed == [] and store.exists(orphan.sha256)
+        later = datetime.now(UTC) + timedelta(seconds=601)
+        done = sweeper.sweep(now=later)
+    finally:
+        layer.dispose()
+        left.discard()
+    removed = {(item.kind, item.name) for item in done.removed}
+    assert {("video", orphan.sha256), ("poster", orphan.sha256)} <= removed
+    assert any(kind == "staged" for kind, _ in removed)
+    assert not store.exists(orphan.sha256) and store.poster(orphan.sha256) is None
+    assert store.exists(live_sha) and store.poster(live_sha) is not None
+    assert not any(name == live_sha for _, name in removed)
+    stream = http.get(cluster.app_url("streaming") + live.json()["stream_url"])
+    assert stream.status_code == 200 and stream.content == media["webm"].read_bytes()
+
+
+def test_a_volume_server_killed_mid_stream_leaves_the_stream_whole(
+    cluster: RunningCluster, http: httpx.Client, tmp_path: Path, routing: str
+) -> None:
+    """Every object is on two SeaweedFS volume servers: one SIGKILLed while a video streams,
+    the stream goes on from the other, byte for byte."""
+    runs_in(routing, "seaweedfs")
+    big = make_noise_video(tmp_path / "noise.mp4", seconds=2.2)
+    data = big.read_bytes()
+    assert 8 * 1024 * 1024 < len(data) <= cluster.settings.apps.max_upload_mb * 1024 * 1024
+    created = upload(http, cluster, big, title="noise")
+    assert created.status_code == 201, created.text
+    url = cluster.app_url("streaming") + created.json()["stream_url"]
+    supervisor = cluster.supervisor()
+    victim = supervisor.program("seaweedfs-volume-1")
+    assert victim.pid is not None and victim.running
+    received = bytearray()
+    with http.stream("GET", url) as response:
+        assert response.status_code == 200
+        chunks = response.iter_bytes(64 * 1024)
+        received += next(chunks)
+        os.kill(victim.pid, signal.SIGKILL)
+        for chunk in chunks:
+            received += chunk
+    assert len(received) == len(data) and bytes(received) == data
+    # supervisord brings the volume server back; the video streams whole again.
+    wait_for(
+        lambda: supervisor.program("seaweedfs-volume-1").running,
+        timeout=30,
+        what="the killed volume server restarted by supervisord",
+    )
+    again = http.get(url, headers={"Range": f"bytes={len(data) - 4096}-"})
+    assert again.status_code == 206 and again.content == data[-4096:]

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from videodb.config import HostSpec, Settings
-from videodb.errors import ConfigError
 from videodb.layout import ServiceUser, StateLayout
 from videodb.secrets import _load_or_create, write_private
 from videodb.services.s3_store import S3Settings
@@ -39,6 +39,7 @@ def volume_program(index: int) -> str:
 class WeedProgram:
     name: str
     argv: list[str]
+    ports: dict[str, int]  # "http" (what status asks) and "grpc"
 
 
 def weed_binary() -> Path:
@@ -88,7 +89,9 @@ def programs(settings: Settings, layout: StateLayout, host: HostSpec) -> list[We
         ]
         if len(settings.storage_server_hosts()) > 1:
             master.append(f"-peers={_masters(settings)}")
-        found.append(WeedProgram(MASTER_PROGRAM, master))
+        found.append(
+            WeedProgram(MASTER_PROGRAM, master, {"http": s.master_port, "grpc": s.master_grpc_port})
+        )
         for i, (port, grpc) in enumerate(zip(s.volume_ports, s.volume_grpc_ports, strict=True), 1):
             volume = [
                 weed,
@@ -103,7 +106,7 @@ def programs(settings: Settings, layout: StateLayout, host: HostSpec) -> list[We
                 f"-rack={host.name}",
                 "-preStopSeconds=1",
             ]
-            found.append(WeedProgram(volume_program(i), volume))
+            found.append(WeedProgram(volume_program(i), volume, {"http": port, "grpc": grpc}))
     if host.apps:
         filer = [
             weed,
@@ -115,7 +118,9 @@ def programs(settings: Settings, layout: StateLayout, host: HostSpec) -> list[We
             f"-defaultStoreDir={root / 'filer'}",
             f"-defaultReplicaPlacement={replication(settings)}",
         ]
-        found.append(WeedProgram(FILER_PROGRAM, filer))
+        found.append(
+            WeedProgram(FILER_PROGRAM, filer, {"http": s.filer_port, "grpc": s.filer_grpc_port})
+        )
         # The gateway on its own (the filer's -s3 would reach the filer's gRPC at its HTTP port
         # + 10000, whatever filer_grpc_port says).
         gateway = [
@@ -129,16 +134,12 @@ def programs(settings: Settings, layout: StateLayout, host: HostSpec) -> list[We
             "-port.iceberg=0",
             "-port.lance=0",
         ]
-        found.append(WeedProgram(S3_PROGRAM, gateway))
+        found.append(WeedProgram(S3_PROGRAM, gateway, {"http": s.s3_port, "grpc": s.s3_grpc_port}))
     return found
 
 
-def s3_secret(settings: Settings, layout: StateLayout) -> str:
-    if settings.multi_host:
-        raise ConfigError(
-            'storage.backend = "seaweedfs" runs on one machine only so far; across hosts use '
-            '"s3" with an S3 endpoint every application host reaches'
-        )
+def s3_secret(layout: StateLayout) -> str:
+    """The gateway identity's secret (one machine: the settings refuse SeaweedFS across hosts)."""
     layout.secrets.mkdir(parents=True, exist_ok=True)
     os.chmod(layout.secrets, 0o700)
     return _load_or_create(layout.secret(SECRET_FILE))
@@ -150,7 +151,7 @@ def prepare(settings: Settings, layout: StateLayout, user: ServiceUser) -> None:
     mine = programs(settings, layout, this)
     if not mine:
         return
-    secret = s3_secret(settings, layout)
+    secret = s3_secret(layout)
     folders = [data_dir(layout)]
     if settings.runs_storage_servers(this):
         folders += [data_dir(layout) / "master"]
@@ -193,7 +194,7 @@ def store_settings(settings: Settings, layout: StateLayout, local_dir: Path) -> 
             prefix=s.prefix,
             region=s.region,
             access_key=ACCESS_KEY,
-            secret_key=s3_secret(settings, layout),  # type: ignore[arg-type]
+            secret_key=s3_secret(layout),  # type: ignore[arg-type]
             part_bytes=part,
         )
     else:
@@ -208,3 +209,12 @@ def store_settings(settings: Settings, layout: StateLayout, local_dir: Path) -> 
             part_bytes=part,
         )
     return StoreSettings(backend=s.backend, local_dir=local_dir, s3=s3, sweep_grace_s=grace)
+
+
+def answers(address: str, port: int, timeout: float = 1.0) -> bool:
+    """The server accepts a TCP connection on its HTTP port."""
+    try:
+        with socket.create_connection((address, port), timeout=timeout):
+            return True
+    except OSError:
+        return False

@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from videodb.cluster import seaweedfs
 from videodb.cluster.apps import app_states, readiness
 from videodb.cluster.haproxy_stats import ServerStatus, fetch_server_status
 from videodb.cluster.health import etcd_member_healthy
@@ -117,9 +118,37 @@ def platform_status(settings: Settings, layout: StateLayout) -> PlatformStatus:
             )
         if host.haproxy:
             status.services.append(_haproxy(settings, host, programs if local else None))
+        status.services += _storage(settings, layout, host, programs if local else None)
         if host.apps:
             status.services += _apps(settings, layout, host, local)
     return status
+
+
+def _storage(
+    settings: Settings,
+    layout: StateLayout,
+    host: HostSpec,
+    programs: dict[str, ProgramStatus] | None,
+) -> list[ServiceStatus]:
+    """SeaweedFS's servers on `host` (storage.backend = "seaweedfs"): healthy when running
+    and answering on their HTTP port."""
+    found = []
+    for weed in seaweedfs.programs(settings, layout, host):
+        state, pid = _program(programs, weed.name)
+        up = state in ("RUNNING", REMOTE) and seaweedfs.answers(host.address, weed.ports["http"])
+        found.append(
+            ServiceStatus(
+                weed.name,
+                "storage",
+                state,
+                up,
+                pid,
+                dict(weed.ports),
+                detail="answering" if up else f"not answering on port {weed.ports['http']}",
+                host=host.name,
+            )
+        )
+    return found
 
 
 def _program(programs: dict[str, ProgramStatus] | None, name: str) -> tuple[str, int | None]:

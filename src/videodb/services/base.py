@@ -13,6 +13,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from sqlalchemy import text
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -116,7 +117,8 @@ def create_app(
                 await hook()
             layer.dispose()
 
-    app = FastAPI(
+    # /docs with Swagger UI's assets served by the app itself (no CDN: works offline).
+    app = FastAPIOffline(
         title=f"video platform: {service}",
         description=description,
         version="1",

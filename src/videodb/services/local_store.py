@@ -7,6 +7,7 @@ in <root>/tmp. An upload is a temporary file renamed into place once checked.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -127,6 +128,16 @@ class LocalStore(VideoStore):
     def remove(self, sha256: str) -> None:
         self.path_for(sha256).unlink(missing_ok=True)
         self.poster_path(sha256).unlink(missing_ok=True)
+
+    def put_file(self, sha256: str, path: Path) -> None:
+        final = self.path_for(sha256)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=self.root / "tmp", prefix="restore-")
+        with os.fdopen(fd, "wb") as out, path.open("rb") as source:
+            shutil.copyfileobj(source, out, 1 << 20)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(name, final)
 
     def put_poster(self, sha256: str, jpeg: bytes) -> None:
         final = self.poster_path(sha256)

@@ -14,6 +14,7 @@ import logging
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import boto3
@@ -326,6 +327,10 @@ class S3Store(VideoStore):
 
     def _delete(self, key: str) -> None:
         self.call(f"delete {key}", lambda: self.client.delete_object(Bucket=self.bucket, Key=key))
+
+    def put_file(self, sha256: str, path: Path) -> None:
+        key = self.key("videos", sha256)
+        self.call(f"store {key}", lambda: self.client.upload_file(str(path), self.bucket, key))
 
     def put_poster(self, sha256: str, jpeg: bytes) -> None:
         key = self.key("posters", f"{sha256}.jpg")

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Literal
 
 from videodb.errors import VideoDBError
@@ -216,6 +217,10 @@ class VideoStore(ABC):
     @abstractmethod
     def remove(self, sha256: str) -> None:
         """Remove a video's bytes and its poster (nothing there: nothing done)."""
+
+    @abstractmethod
+    def put_file(self, sha256: str, path: Path) -> None:
+        """Store a file's bytes (already checked against `sha256`) as that video's: restores."""
 
     @abstractmethod
     def put_poster(self, sha256: str, jpeg: bytes) -> None: ...
