@@ -4,6 +4,8 @@ base/<id>/        a plain-format pg_basebackup (with its WAL and backup_manifest
 base/<id>.json    what `backup list` shows about it
 dumps/<id>.dump   a pg_dump custom-format file, dumps/<id>.json beside it
 wal/              archived WAL segments and timeline history files (archive_mode = always)
+videos/           the videos' bytes the backups name, videos/<aa>/<sha256>, and their posters in
+                  videos/posters/<sha256>.jpg (backups/videos.py)
 """
 
 from __future__ import annotations
@@ -62,10 +64,17 @@ class BackupRepo:
         self.base = root / "base"
         self.dumps = root / "dumps"
         self.wal = root / "wal"
+        self.videos = root / "videos"
+
+    def video_path(self, sha256: str) -> Path:
+        return self.videos / sha256[:2] / sha256
+
+    def poster_path(self, sha256: str) -> Path:
+        return self.videos / "posters" / f"{sha256}.jpg"
 
     def ensure(self, uid: int | None = None, gid: int | None = None) -> None:
         """Create the directories; the service user (which archives WAL) must own them."""
-        for directory in (self.root, self.base, self.dumps, self.wal):
+        for directory in (self.root, self.base, self.dumps, self.wal, self.videos):
             directory.mkdir(parents=True, exist_ok=True)
             if uid is not None and gid is not None:
                 os.chown(directory, uid, gid)

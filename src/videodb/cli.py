@@ -27,6 +27,7 @@ from videodb.backups import physical as backups_physical
 from videodb.backups import prune as backups_prune
 from videodb.backups import restore as backups_restore
 from videodb.backups import verify as backups_verify
+from videodb.backups import videos as backups_videos
 from videodb.backups.archiver import archiver_status
 from videodb.backups.progress import size
 from videodb.cluster import (
@@ -1012,7 +1013,9 @@ def backup_video(
     as_json: JsonOpt = False,
 ) -> None:
     """Back up from the master into the repository: a pg_dump of video_platform (the guide's),
-    or with --physical a base backup. Progress on stderr; 'backup list' shows them."""
+    or with --physical a base backup; then the videos' bytes and posters the repository lacks
+    (checked against their SHA-256) into its videos/. Progress on stderr; 'backup list' shows
+    them."""
     c = _ctx(ctx)
     c.require_running()
     layout = c.layout()
@@ -1022,12 +1025,29 @@ def backup_video(
         info = backups_physical.take_base_backup(c.settings(), layout, secrets, progress=progress)
     else:
         info = backups_logical.dump_database(c.settings(), layout, secrets, progress=progress)
-    path = repo_for(c.settings(), layout).data_path(info)
+    repo = repo_for(c.settings(), layout)
+    copied = backups_videos.copy_videos(
+        c.settings(), layout, repo, info, secrets, progress=progress
+    )
+    path = repo.data_path(info)
+    if copied.not_in_store:
+        lacking = copied.not_in_store
+        err.print(
+            f"[yellow]warning:[/] {len(lacking)} video(s) the database names are not in the video "
+            f"store, so not in this backup either: {', '.join(lacking[:3])}"
+            + (" ..." if len(lacking) > 3 else ""),
+            highlight=False,
+        )
     if as_json:
-        _print_json({**info.as_dict(), "path": str(path)})
+        _print_json({**info.as_dict(), "path": str(path), "videos": asdict(copied)})
     else:
         out.print(
             f"{info.id}  {info.kind}  {size(info.size_bytes)} from {info.source}  {path}",
+            highlight=False,
+        )
+        out.print(
+            f"videos: {copied.named} named, {copied.copied} copied ({size(copied.bytes_copied)})"
+            f" into {repo.videos}",
             highlight=False,
         )
 
@@ -1171,9 +1191,18 @@ def cluster_init(
     loaded = load_settings(file, require_file=True, assignments=[f"secrets_bundle={bundle}"])
     hosts = loaded.settings.topology_hosts()
     ca = ca_material(loaded.settings.patroni.scope, ca_cert, ca_key)
-    if bundle.exists() and not force and read_bundle(bundle).ca is None:
-        # A bundle made before TLS: its passwords are kept, a CA is added.
-        write_bundle(bundle, read_bundle(bundle).with_ca(ca))
+    if (
+        bundle.exists()
+        and not force
+        and (read_bundle(bundle).ca is None or not read_bundle(bundle).storage_secret)
+    ):
+        # A bundle made before TLS or before SeaweedFS: what it has is kept, the rest added.
+        older = read_bundle(bundle)
+        if older.ca is None:
+            older = older.with_ca(ca)
+        if not older.storage_secret:
+            older = older.with_storage_secret()
+        write_bundle(bundle, older)
     else:
         create_bundle(bundle, ca, force=force)
     commands = [
@@ -1376,8 +1405,16 @@ def restore(
                 "platform stops for the swap; every node's current data is moved aside."
             )
         result = backups_restore.restore_physical(settings, layout, info, target, progress=progress)
+    videos = backups_videos.restore_videos(
+        settings,
+        layout,
+        repo,
+        load_secrets(layout),
+        result.restored_to if info.kind == "logical" else None,
+        progress=progress,
+    )
     if as_json:
-        _print_json(asdict(result))
+        _print_json({**asdict(result), "videos": asdict(videos)})
     else:
         out.print(
             f"restored {result.backup_id} ({result.kind}, to {result.target}) into "
@@ -1386,6 +1423,20 @@ def restore(
             + (f"; the replaced data is in {result.set_aside}" if result.set_aside else ""),
             highlight=False,
         )
+        if videos.put_back:
+            out.print(
+                f"videos: put back the bytes of {videos.put_back} from {repo.videos}",
+                highlight=False,
+            )
+    if videos.missing:
+        names = "; ".join(f"{m['id']} ({m['title']!r})" for m in videos.missing[:10])
+        err.print(
+            f"[bold red]{len(videos.missing)} restored video(s) have their bytes neither in the "
+            f"store nor in the backup repository[/] (they stream as 404): {escape(names)}"
+            + (" ..." if len(videos.missing) > 10 else ""),
+            highlight=False,
+        )
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -252,8 +252,8 @@ class StorageSpec(_Strict):
     # SeaweedFS's servers (backend "seaweedfs"): each with its HTTP and its gRPC port.
     master_port: Port = 9333
     master_grpc_port: Port = 19333
-    # One volume server per entry on each host that runs them (one machine: two, so that every
-    # object is on two servers; across hosts each host is a rack and objects go to two racks).
+    # The volume servers: on one machine one per entry (two: every object on both); across
+    # hosts one per database host, on the first port (each host a rack: every object on two).
     volume_ports: Annotated[list[Port], Field(min_length=1, max_length=4)] = Field(
         default_factory=lambda: [8091, 8092]
     )
@@ -290,15 +290,15 @@ class StorageSpec(_Strict):
                 )
         return self
 
-    def seaweedfs_ports(self, servers: bool, gateway: bool) -> dict[str, int]:
-        """The ports SeaweedFS listens on, on a host running its servers and/or its gateway."""
+    def seaweedfs_ports(self, servers: bool, gateway: bool, one_volume: bool) -> dict[str, int]:
+        """The ports SeaweedFS listens on, on a host running its servers and/or its gateway
+        (`one_volume`: across hosts, one volume server per host)."""
         ports: dict[str, int] = {}
         if servers:
             ports["seaweedfs master"] = self.master_port
             ports["seaweedfs master grpc"] = self.master_grpc_port
-            for i, (port, grpc) in enumerate(
-                zip(self.volume_ports, self.volume_grpc_ports, strict=True), start=1
-            ):
+            volumes = list(zip(self.volume_ports, self.volume_grpc_ports, strict=True))
+            for i, (port, grpc) in enumerate(volumes[:1] if one_volume else volumes, start=1):
                 ports[f"seaweedfs volume {i}"] = port
                 ports[f"seaweedfs volume {i} grpc"] = grpc
         if gateway:
@@ -381,10 +381,10 @@ class Settings(_Strict):
         if len(set(names)) != len(names):
             raise ValueError(f"node names must be unique, got {names}")
         self._check_topology()
-        if self.storage.backend == "seaweedfs" and self.multi_host:
+        if self.storage.backend == "local" and sum(h.apps for h in self.topology_hosts()) > 1:
             raise ValueError(
-                'storage.backend = "seaweedfs" runs on one machine only so far; across hosts use '
-                '"s3" with an S3 endpoint every application host reaches'
+                'storage.backend = "local" keeps the videos on one application host, and this '
+                'cluster has several: use "seaweedfs" (run by the platform on these hosts) or "s3"'
             )
         for host in self.topology_hosts():
             seen: dict[int, str] = {}
@@ -502,7 +502,13 @@ class Settings(_Strict):
         if host.apps:
             ports.update(self.app_ports())
         if self.storage.backend == "seaweedfs":
-            ports.update(self.storage.seaweedfs_ports(self.runs_storage_servers(host), host.apps))
+            ports.update(
+                self.storage.seaweedfs_ports(
+                    self.runs_storage_servers(host),
+                    host.apps,
+                    len(self.storage_server_hosts()) > 1,
+                )
+            )
         return ports
 
     def runs_storage_servers(self, host: HostSpec) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pydantic import SecretStr
@@ -85,12 +85,18 @@ class SecretsBundle:
     cluster: ClusterSecrets
     app_password: str
     ca: CAMaterial | None = None
+    # SeaweedFS's S3 gateway identity (storage.backend = "seaweedfs"); empty in a bundle made
+    # before it ('cluster init' adds it)
+    storage_secret: str = ""
 
     def __repr__(self) -> str:
         return "SecretsBundle(********)"
 
     def with_ca(self, ca: CAMaterial) -> SecretsBundle:
-        return SecretsBundle(self.cluster, self.app_password, ca)
+        return replace(self, ca=ca)
+
+    def with_storage_secret(self) -> SecretsBundle:
+        return replace(self, storage_secret=secrets.token_urlsafe(32))
 
     def with_passwords(
         self, *, superuser: str | None = None, api: str | None = None, app: str | None = None
@@ -98,7 +104,7 @@ class SecretsBundle:
         cluster = ClusterSecrets(
             superuser or self.cluster.superuser_password, api or self.cluster.api_password
         )
-        return SecretsBundle(cluster, app or self.app_password, self.ca)
+        return replace(self, cluster=cluster, app_password=app or self.app_password)
 
 
 def write_bundle(path: Path, bundle: SecretsBundle) -> None:
@@ -107,6 +113,8 @@ def write_bundle(path: Path, bundle: SecretsBundle) -> None:
         "api_password": bundle.cluster.api_password,
         "app_password": bundle.app_password,
     }
+    if bundle.storage_secret:
+        data["storage_secret"] = bundle.storage_secret
     if bundle.ca is not None:
         data.update(ca_cert=bundle.ca.cert_pem, ca_key=bundle.ca.key_pem)
         if bundle.ca.previous_pem:
@@ -126,6 +134,7 @@ def create_bundle(path: Path, ca: CAMaterial, *, force: bool = False) -> Secrets
         ClusterSecrets(secrets.token_urlsafe(32), secrets.token_urlsafe(32)),
         secrets.token_urlsafe(24),
         ca,
+        secrets.token_urlsafe(32),
     )
     write_bundle(path, bundle)
     return bundle
@@ -147,6 +156,7 @@ def read_bundle(path: Path) -> SecretsBundle:
             ClusterSecrets(data["superuser_password"], data["api_password"]),
             data["app_password"],
             ca,
+            data.get("storage_secret", ""),
         )
     except FileNotFoundError:
         raise ConfigError(

@@ -62,7 +62,12 @@ def drill_toml(net: SimNetwork, cluster_file: Path) -> str:
     )
 
 
-def cluster_toml(net: SimNetwork, db_hosts: tuple[str, ...], extra: str = "") -> str:
+def cluster_toml(
+    net: SimNetwork,
+    db_hosts: tuple[str, ...],
+    extra: str = "",
+    app_hosts: tuple[str, ...] = (APP_HOST,),
+) -> str:
     lines = [
         "[patroni]",
         'replication = "sync"',
@@ -70,7 +75,7 @@ def cluster_toml(net: SimNetwork, db_hosts: tuple[str, ...], extra: str = "") ->
         'shared_buffers = "64MB"',
         "",
     ]
-    for name in (*db_hosts, APP_HOST):
+    for name in (*db_hosts, *app_hosts):
         host = net.hosts[name]
         is_db = name in db_hosts
         lines += [

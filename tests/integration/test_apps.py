@@ -27,6 +27,7 @@ import pytest
 
 from tests.integration.harness import RunningCluster, set_apply_delay
 from tests.media import make_noise_video, make_video
+from videodb.backup_repo import BackupRepo
 from videodb.db import DataLayer
 from videodb.services.runtime import AppConfig
 from videodb.services.storage import StoredObject, VideoStore
@@ -644,3 +645,62 @@ def test_a_volume_server_killed_mid_stream_leaves_the_stream_whole(
     )
     again = http.get(url, headers={"Range": f"bytes={len(data) - 4096}-"})
     assert again.status_code == 206 and again.content == data[-4096:]
+
+
+def test_video_backups_copy_verify_and_put_back(
+    cluster: RunningCluster,
+    http: httpx.Client,
+    media: dict[str, Path],
+    tmp_path: Path,
+    store: VideoStore,
+    routing: str,
+) -> None:
+    """backup-video copies the bytes the repository lacks (checked by digest); verify reads them
+    again and refuses a damaged copy; restore puts back what the store lost and names the videos
+    whose bytes are in neither place."""
+    runs_in(routing, "seaweedfs")
+    made = []
+    for name in ("kept", "lost"):
+        own = tmp_path / f"{name}.mp4"
+        own.write_bytes(media["mp4"].read_bytes() + uuid.uuid4().bytes)
+        created = upload(http, cluster, own, title=f"backup {name} {uuid.uuid4().hex[:6]}")
+        assert created.status_code == 201, created.text
+        made.append(created.json())
+    kept, lost = made
+    taken = cluster.cli_json("backup-video")
+    assert {kept["sha256"], lost["sha256"]} <= set(taken["extra"]["videos"])
+    assert taken["videos"]["copied"] >= 2, taken["videos"]
+    repo = BackupRepo(cluster.layout.backups)
+    copy = repo.video_path(kept["sha256"])
+    assert hashlib.sha256(copy.read_bytes()).hexdigest() == kept["sha256"]
+    verified = cluster.cli("backup", "verify", taken["id"], timeout=300)
+    assert verified.rc == 0 and "video copies ok" in verified.stdout, verified
+
+    good = copy.read_bytes()
+    copy.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
+    try:
+        damaged = cluster.cli("backup", "verify", taken["id"], timeout=300)
+        assert damaged.rc == 1 and f"{kept['sha256']} (damaged)" in damaged.stderr, damaged
+    finally:
+        copy.write_bytes(good)
+
+    # The store loses both videos' bytes; the repository loses the second's too.
+    store.remove(kept["sha256"])
+    store.remove(lost["sha256"])
+    repo.video_path(lost["sha256"]).unlink()
+    target = f"restored_{uuid.uuid4().hex[:8]}"
+    restored = cluster.cli("restore", taken["id"], "--database", target, "--force", timeout=300)
+    try:
+        assert restored.rc == 1, restored
+        assert "put back the bytes of 1" in restored.stdout, restored
+        named = [line for line in restored.stderr.splitlines() if "neither in the store" in line]
+        assert len(named) == 1 and named[0].startswith("1 restored video(s)"), restored
+        assert lost["id"] in named[0] and kept["id"] not in named[0]
+    finally:
+        cluster.cli("shell-video", "-c", f"DROP DATABASE IF EXISTS {target}", check=True)
+    assert store.exists(kept["sha256"]) and store.poster(kept["sha256"]) is not None
+    stream = http.get(cluster.app_url("streaming") + kept["stream_url"])
+    assert stream.status_code == 200
+    assert hashlib.sha256(stream.content).hexdigest() == kept["sha256"]
+    gone = http.get(cluster.app_url("streaming") + lost["stream_url"])
+    assert gone.status_code == 404 and "not in storage" in error_message(gone)

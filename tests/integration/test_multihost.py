@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 from sqlalchemy import text
@@ -33,6 +34,7 @@ from tests.integration.multihost import (
 from tests.integration.probes import https_status, tls_context
 from tests.integration.rotation_load import Load
 from tests.integration.simhosts import netns_available
+from tests.media import make_video
 from videodb import certs
 from videodb.cluster.haproxy_stats import fetch_server_status
 from videodb.cluster.patroni_api import PatroniAPI
@@ -44,6 +46,8 @@ from videodb.errors import TimeoutExpired
 from videodb.layout import tls_files
 from videodb.secrets import load_secrets
 from videodb.waiting import wait_for
+
+APP2 = "app2"  # the second application host, joined by the last test
 
 pytestmark = [
     pytest.mark.integration,
@@ -799,3 +803,73 @@ def test_the_fourth_host_leaves_again(sim: SimCluster) -> None:
     status = sim.cli_json(APP_HOST, "status")
     assert status["healthy"], status
     assert sum(1 for x in status["services"] if x["name"] == "etcd") == 3
+
+
+def test_videos_stored_across_hosts_stream_from_another_application_host(
+    sim: SimCluster, tmp_path: Path
+) -> None:
+    """The cluster file turns to SeaweedFS (a master and a volume server on each database host,
+    a filer and gateway on each application host) and a second application host joins: a video
+    uploaded through one streams byte for byte from the other, and is on two hosts."""
+    wait_healthy(sim)
+    sim.net.add_host(APP2)
+    storage = '[storage]\nbackend = "seaweedfs"\n'
+    drill = drill_toml(sim.net, sim.cluster_file)
+    sim.cluster_file.write_text(
+        cluster_toml(sim.net, tuple(_db_hosts(sim)), drill + storage, app_hosts=(APP_HOST, APP2))
+    )
+    applied = sim.run_all((*_db_hosts(sim), APP_HOST), "start", "video")
+    assert all(r.rc == 0 for r in applied.values()), applied
+    assert "started seaweedfs-master" in applied[DB_HOSTS[0]].stdout, applied[DB_HOSTS[0]]
+    sim.started.append(APP2)
+    assert "restarting upload, metadata, streaming" in applied[APP_HOST].stderr  # a new store
+    joined = sim.cli(APP2, "start", "video", timeout=300)
+    assert joined.rc == 0, joined
+
+    video = make_video(tmp_path / "across.mp4")
+    data = video.read_bytes()
+    port = sim.settings(APP_HOST).apps.web_port
+
+    def upload() -> dict[str, Any]:
+        with video.open("rb") as f:
+            made = httpx.post(
+                f"http://{sim.net.hosts[APP_HOST].address}:{port}/api/videos",
+                files={"file": (video.name, f, "video/mp4")},
+                data={"title": "across hosts"},
+                timeout=60,
+            )
+        assert made.status_code == 201, made.text
+        return dict(made.json())
+
+    created = sim.call(APP_HOST, upload)
+
+    def stream() -> bytes:
+        url = f"http://{sim.net.hosts[APP2].address}:{port}{created['stream_url']}"
+        got = httpx.get(url, timeout=60)
+        assert got.status_code == 200, got.text
+        return got.content
+
+    assert sim.call(APP2, stream) == data
+
+    def volumes_with_files() -> dict[int, set[str]]:
+        where: dict[int, set[str]] = {}
+        volume_port = sim.settings(APP_HOST).storage.volume_ports[0]
+        for host in _db_hosts(sim):
+            url = f"http://{sim.net.hosts[host].address}:{volume_port}/status"
+            for volume in httpx.get(url, timeout=10).json().get("Volumes") or []:
+                if volume.get("FileCount", 0) > 0:
+                    where.setdefault(int(volume["Id"]), set()).add(host)
+        return where
+
+    placed = sim.call(APP2, volumes_with_files)
+    assert placed and all(len(hosts) == 2 for hosts in placed.values()), placed
+    status = sim.cli_json(APP2, "status")
+    storage_servers = [x for x in status["services"] if x["role"] == "storage"]
+    assert {x["name"] for x in storage_servers} >= {
+        "seaweedfs-master",
+        "seaweedfs-volume-1",
+        "seaweedfs-filer",
+        "seaweedfs-s3",
+    }
+    assert all(x["healthy"] for x in storage_servers), storage_servers
+    assert status["healthy"], status

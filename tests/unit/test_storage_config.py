@@ -12,6 +12,7 @@ from videodb.cluster.render import Toolchain, supervisor_config
 from videodb.config import Settings, load_settings
 from videodb.errors import ConfigError
 from videodb.layout import ServiceUser, StateLayout
+from videodb.secrets import CAMaterial, ClusterSecrets, SecretsBundle, write_bundle
 
 
 def settings_from(tmp_path: Path, text: str, sets: list[str] | None = None) -> Settings:
@@ -66,20 +67,50 @@ def test_seaweedfs_on_one_machine_runs_two_volume_servers_and_its_gateway(tmp_pa
     assert "[program:seaweedfs" not in local
 
 
-def test_seaweedfs_across_hosts_is_refused_with_the_way_out(tmp_path: Path) -> None:
-    bundle = tmp_path / "c.toml.secrets"
-    bundle.write_text("{}")
+def cluster_text(bundle: Path, storage: str, app_hosts: int = 1) -> str:
     hosts = "".join(
         f'[[hosts]]\nname = "db{i}"\naddress = "10.9.0.{i}"\napps = false\nhaproxy = false\n'
         for i in (1, 2, 3)
     )
+    hosts += "".join(
+        f'[[hosts]]\nname = "app{i}"\naddress = "10.9.0.{10 + i}"\netcd = false\n'
+        for i in range(1, app_hosts + 1)
+    )
     nodes = "".join(
         f'[[nodes]]\nname = "n{i}"\nhost = "db{i}"\nport = 5433\napi_port = 8008\n' for i in (1, 2)
     )
-    text = (
-        f'secrets_bundle = "{bundle}"\n{hosts}'
-        '[[hosts]]\nname = "app1"\naddress = "10.9.0.9"\netcd = false\n'
-        f'{nodes}[storage]\nbackend = "seaweedfs"\n'
-    )
-    with pytest.raises(ConfigError, match=r'one machine only so far.*use "s3"'):
-        settings_from(tmp_path, text)
+    return f'secrets_bundle = "{bundle}"\n{hosts}{nodes}[storage]\n{storage}'
+
+
+def test_seaweedfs_across_hosts_keeps_every_object_on_two_hosts(tmp_path: Path) -> None:
+    bundle = tmp_path / "c.toml.secrets"
+    ca = CAMaterial("cert", "key")
+    write_bundle(bundle, SecretsBundle(ClusterSecrets("a", "b"), "c", ca, "s3-secret"))
+    s = settings_from(tmp_path, cluster_text(bundle, 'backend = "seaweedfs"\n', 2), ["host=db2"])
+    layout = StateLayout(tmp_path / "state")
+    db2 = {p.name: p.argv for p in seaweedfs.programs(s, layout, s.host_spec("db2"))}
+    assert set(db2) == {"seaweedfs-master", "seaweedfs-volume-1"}  # one volume server a host
+    assert "-defaultReplication=010" in db2["seaweedfs-master"]  # two racks: two hosts
+    masters = "10.9.0.1:9333.19333,10.9.0.2:9333.19333,10.9.0.3:9333.19333"
+    assert f"-peers={masters}" in db2["seaweedfs-master"]
+    assert "-rack=db2" in db2["seaweedfs-volume-1"]
+    app = {p.name for p in seaweedfs.programs(s, layout, s.host_spec("app1"))}
+    assert app == {"seaweedfs-filer", "seaweedfs-s3"}
+    assert "seaweedfs volume 2" not in s.all_ports() and "seaweedfs volume 1" in s.all_ports()
+    store = seaweedfs.store_settings(s, layout, tmp_path / "videos")
+    assert store.s3 is not None and store.s3.secret_key.get_secret_value() == "s3-secret"
+    assert store.s3.settle_s > 0  # another host's filer shares new objects a moment later
+
+
+def test_a_bundle_without_the_storage_secret_says_how_to_add_it(tmp_path: Path) -> None:
+    bundle = tmp_path / "c.toml.secrets"
+    write_bundle(bundle, SecretsBundle(ClusterSecrets("a", "b"), "c", CAMaterial("c", "k")))
+    s = settings_from(tmp_path, cluster_text(bundle, 'backend = "seaweedfs"\n'), ["host=db1"])
+    with pytest.raises(ConfigError, match="cluster init CLUSTER_FILE' once more"):
+        seaweedfs.s3_secret(s, StateLayout(tmp_path / "state"))
+
+
+def test_local_storage_with_two_application_hosts_is_refused(tmp_path: Path) -> None:
+    bundle = tmp_path / "c.toml.secrets"
+    with pytest.raises(ConfigError, match=r'use "seaweedfs".*or "s3"'):
+        settings_from(tmp_path, cluster_text(bundle, "", 2))

@@ -14,6 +14,7 @@ from videodb.backups.guards import require_space
 from videodb.backups.instance import throwaway_instance
 from videodb.backups.logical import file_sha256
 from videodb.backups.progress import Meter, Progress, quiet, size
+from videodb.backups.videos import check_copies
 from videodb.config import Settings
 from videodb.errors import ClusterError
 from videodb.layout import ServiceUser, StateLayout, service_user
@@ -148,6 +149,8 @@ def verify_backup(
     try:
         progress(f"checking {backup_id}'s checksums")
         check_checksums(settings, repo, info)
+        progress(f"reading the {len(info.extra.get('videos', []))} video copies it names")
+        copies = check_copies(repo, info)
         if info.kind == "physical":
             detail = _restore_test_physical(settings, layout, path, progress)
         else:
@@ -156,6 +159,7 @@ def verify_backup(
         info.verified, info.verified_at, info.verify_detail = False, now_iso(), str(exc)
         repo.save(info)
         raise CorruptBackupError(f"backup {backup_id} failed verification: {exc}") from exc
-    info.verified, info.verified_at, info.verify_detail = True, now_iso(), f"checksums ok; {detail}"
+    info.verified, info.verified_at = True, now_iso()
+    info.verify_detail = f"checksums ok; {copies}; {detail}"
     repo.save(info)
     return info

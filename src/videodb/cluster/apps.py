@@ -146,22 +146,25 @@ def app_states(settings: Settings, layout: StateLayout) -> list[AppState]:
     return states
 
 
-def _ensure_programs(settings: Settings, layout: StateLayout, supervisor: Supervisor) -> None:
+def ensure_programs(settings: Settings, layout: StateLayout, supervisor: Supervisor) -> list[str]:
     """Programs this host's configuration lists that supervisord does not run yet (the
     applications on a platform started before them, SeaweedFS after storage.backend changed to
-    it): prepare them and add them to supervisord, which starts the servers among them."""
-    known = {p.name for p in supervisor.programs()}
-    storage = seaweedfs.programs(settings, layout, settings.this_host())
-    if set(render.APP_PROGRAMS) | {p.name for p in storage} <= known:
-        return
+    it): prepare them and add them to supervisord, which starts the servers among them.
+    Returns the programs added."""
+    this = settings.this_host()
+    wanted = set(render.APP_PROGRAMS) if this.apps else set()
+    wanted |= {p.name for p in seaweedfs.programs(settings, layout, this)}
+    if wanted <= {p.name for p in supervisor.programs()}:
+        return []
     tools, problems = find_toolchain(settings)
     if tools is None:
-        raise PrerequisiteError("cannot start the applications:\n  " + "\n  ".join(problems))
+        raise PrerequisiteError("cannot start:\n  " + "\n  ".join(problems))
     user = service_user()
     seaweedfs.prepare(settings, layout, user)
     text = render.supervisor_config(settings, layout, tools, user)
     layout.supervisor_config().write_text(text, encoding="utf-8")
-    supervisor.apply_config()
+    added, _ = supervisor.apply_config()
+    return added
 
 
 def start_apps(
@@ -173,7 +176,8 @@ def start_apps(
 ) -> list[AppState]:
     """Migrate the schema (write port), then start and wait for every application to be ready.
 
-    Applications already running are left as they are.
+    Applications already running are left as they are, unless what they run with changed
+    (conf/apps.json: the store, the routing, a port...): then they are restarted.
     """
     if supervisord_pid(layout) is None:
         raise NotRunningError(
@@ -191,9 +195,17 @@ def start_apps(
         layer.dispose()
     if result.changed:
         progress(f"schema migrated from {result.before or 'empty'} to {result.after}")
+    before = _read(layout.apps_config())
     config = write_app_files(settings, layout, service_user())
     supervisor = Supervisor(layout)
-    _ensure_programs(settings, layout, supervisor)
+    ensure_programs(settings, layout, supervisor)
+    if before is not None and before != _read(layout.apps_config()):
+        running = [n for n in render.APP_PROGRAMS if supervisor.program(n).running]
+        if running:
+            wait_store_ready(config, timeout, progress)
+            progress(f"the applications' configuration changed: restarting {', '.join(running)}")
+            for name in running:
+                supervisor.stop_program(name)
     host = settings.address
     to_start = [n for n in render.APP_PROGRAMS if not supervisor.program(n).running]
     busy = []
@@ -225,6 +237,13 @@ def start_apps(
             why = last[0] if last else "no answer"
             raise TimeoutExpired(f"{exc} ({why}); see 'platform.sh logs {name}'") from exc
     return app_states(settings, layout)
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError:
+        return None
 
 
 def stop_apps(layout: StateLayout) -> list[str]:

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from videodb.cluster.apps import ensure_programs
 from videodb.cluster.ha import apply_dynamic_config, is_paused, reconfigure
 from videodb.cluster.health import (
     HealthReport,
@@ -99,6 +100,9 @@ def start(
         tools, _ = find_toolchain(settings)
         if tools is not None:
             changes += reapply(settings, layout, service_user(), tools, secrets.api_password)
+        # Servers the configuration now lists (SeaweedFS's, after storage.backend changed)
+        added = ensure_programs(settings, layout, Supervisor(layout))
+        changes += [f"started {name} (newly configured)" for name in added]
         report = check_health(settings)
         return StartResult(
             True, layout.root, time.monotonic() - began, report.primary, warnings, changes

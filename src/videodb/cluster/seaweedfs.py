@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from videodb.config import HostSpec, Settings
+from videodb.errors import ConfigError
 from videodb.layout import ServiceUser, StateLayout
-from videodb.secrets import _load_or_create, write_private
+from videodb.secrets import _load_or_create, read_bundle, write_private
 from videodb.services.s3_store import S3Settings
 from videodb.services.stores import StoreSettings
 
@@ -60,6 +61,14 @@ def replication(settings: Settings) -> str:
     return "010" if len(settings.storage_server_hosts()) > 1 else "001"
 
 
+def volume_servers(settings: Settings) -> list[tuple[int, int]]:
+    """(HTTP, gRPC) ports of each volume server of a host: all on one machine (two copies on
+    it), the first only across hosts (the copies go to two hosts)."""
+    s = settings.storage
+    ports = list(zip(s.volume_ports, s.volume_grpc_ports, strict=True))
+    return ports[:1] if len(settings.storage_server_hosts()) > 1 else ports
+
+
 def _masters(settings: Settings) -> str:
     s = settings.storage
     return ",".join(
@@ -92,7 +101,7 @@ def programs(settings: Settings, layout: StateLayout, host: HostSpec) -> list[We
         found.append(
             WeedProgram(MASTER_PROGRAM, master, {"http": s.master_port, "grpc": s.master_grpc_port})
         )
-        for i, (port, grpc) in enumerate(zip(s.volume_ports, s.volume_grpc_ports, strict=True), 1):
+        for i, (port, grpc) in enumerate(volume_servers(settings), 1):
             volume = [
                 weed,
                 "volume",
@@ -138,8 +147,18 @@ def programs(settings: Settings, layout: StateLayout, host: HostSpec) -> list[We
     return found
 
 
-def s3_secret(layout: StateLayout) -> str:
-    """The gateway identity's secret (one machine: the settings refuse SeaweedFS across hosts)."""
+def s3_secret(settings: Settings, layout: StateLayout) -> str:
+    """The gateway identity's secret: the cluster bundle's across hosts, else this state
+    directory's own (made once)."""
+    if settings.secrets_bundle is not None:
+        secret = read_bundle(settings.secrets_bundle).storage_secret
+        if not secret:
+            raise ConfigError(
+                f"the cluster's secrets bundle {settings.secrets_bundle} was made before SeaweedFS "
+                "storage: run 'platform.sh cluster init CLUSTER_FILE' once more (it adds the "
+                "storage secret and keeps everything else), then copy the bundle to every host"
+            )
+        return secret
     layout.secrets.mkdir(parents=True, exist_ok=True)
     os.chmod(layout.secrets, 0o700)
     return _load_or_create(layout.secret(SECRET_FILE))
@@ -151,14 +170,12 @@ def prepare(settings: Settings, layout: StateLayout, user: ServiceUser) -> None:
     mine = programs(settings, layout, this)
     if not mine:
         return
-    secret = s3_secret(layout)
+    secret = s3_secret(settings, layout)
     folders = [data_dir(layout)]
     if settings.runs_storage_servers(this):
         folders += [data_dir(layout) / "master"]
-        folders += [
-            data_dir(layout) / f"volume-{i}"
-            for i in range(1, len(settings.storage.volume_ports) + 1)
-        ]
+        count = len(volume_servers(settings))
+        folders += [data_dir(layout) / f"volume-{i}" for i in range(1, count + 1)]
     if this.apps:
         folders.append(data_dir(layout) / "filer")
         identities = {
@@ -194,8 +211,11 @@ def store_settings(settings: Settings, layout: StateLayout, local_dir: Path) -> 
             prefix=s.prefix,
             region=s.region,
             access_key=ACCESS_KEY,
-            secret_key=s3_secret(layout),  # type: ignore[arg-type]
+            secret_key=s3_secret(settings, layout),  # type: ignore[arg-type]
             part_bytes=part,
+            # Filers on several hosts share their metadata asynchronously: an object written
+            # through another host's gateway is looked for again for a moment before a 404.
+            settle_s=3.0 if sum(h.apps for h in settings.topology_hosts()) > 1 else 0.0,
         )
     else:
         assert s.endpoint and s.access_key and s.secret_key  # checked by the settings model

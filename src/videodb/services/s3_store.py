@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -56,6 +57,7 @@ class S3Settings(BaseModel):
     access_key: str
     secret_key: SecretStr
     part_bytes: int = 8 * 1024 * 1024
+    settle_s: float = 0.0  # a missing video is looked for again this long before a 404
 
 
 def _not_found(exc: ClientError) -> bool:
@@ -209,16 +211,23 @@ class S3Reader(ByteReader):
 
     def _open(self) -> None:
         store = self.store
-        try:
-            answer = store.client.get_object(
-                Bucket=store.bucket, Key=self.key, Range=f"bytes={self._offset}-{self._end - 1}"
-            )
-        except ClientError as exc:
-            if _not_found(exc):
-                raise MissingBytesError(f"not in {store.describe()} ({self.key})") from None
-            raise StoreUnavailableError(f"{store.describe()}: {exc}") from exc
-        except BotoCoreError as exc:
-            raise StoreUnavailableError(f"{store.describe()} did not answer: {exc}") from exc
+        give_up = time.monotonic() + store.settings.settle_s
+        while True:
+            try:
+                answer = store.client.get_object(
+                    Bucket=store.bucket,
+                    Key=self.key,
+                    Range=f"bytes={self._offset}-{self._end - 1}",
+                )
+                break
+            except ClientError as exc:
+                if not _not_found(exc):
+                    raise StoreUnavailableError(f"{store.describe()}: {exc}") from exc
+                if time.monotonic() >= give_up:
+                    raise MissingBytesError(f"not in {store.describe()} ({self.key})") from None
+                time.sleep(0.1)  # another host's filer may not have shared the object yet
+            except BotoCoreError as exc:
+                raise StoreUnavailableError(f"{store.describe()} did not answer: {exc}") from exc
         self._body = answer["Body"]
 
     def read(self, size: int) -> bytes:
