@@ -1181,8 +1181,9 @@ def cluster_init(
     as_json: JsonOpt = False,
 ) -> None:
     """Check a cluster file and make the cluster's shared secrets once, in FILE.secrets (0600):
-    the superuser and Patroni REST API passwords, the application role's, and the cluster CA
-    (new, or yours with --ca-cert/--ca-key) that signs every host's certificates.
+    the superuser and Patroni REST API passwords, the application role's, the SeaweedFS gateway's
+    secret, and the cluster CA (new, or yours with --ca-cert/--ca-key) that signs every host's
+    certificates. On a bundle an older version made, it adds what is missing and keeps the rest.
 
     Copy both files to every host, then run on each: platform.sh --cluster FILE --host NAME start
     video. The hosts may start in any order.
@@ -1255,8 +1256,9 @@ def backup_verify(
     ],
     as_json: JsonOpt = False,
 ) -> None:
-    """Checksums (pg_verifybackup, or the dump's SHA-256), then a real restore into a throwaway
-    instance that must start and answer queries. Exit 1 when the backup is damaged."""
+    """Checksums (pg_verifybackup, or the dump's SHA-256), the videos' copies the backup names
+    (each read again against its SHA-256), then a real restore into a throwaway instance that
+    must start and answer queries. Exit 1 when the backup is damaged."""
     c = _ctx(ctx)
     try:
         info = backups_verify.verify_backup(
@@ -1356,7 +1358,9 @@ def restore(
     """Restore a backup. A dump goes into a database (through a temporary one, then swapped);
     a base backup is recovered to --time, --lsn or --latest beside the running cluster, then
     becomes the master that the other nodes clone from. What is replaced is set aside, not
-    deleted; a damaged backup or an unreachable target changes nothing."""
+    deleted; a damaged backup or an unreachable target changes nothing. Then the videos' bytes
+    the store lacks are put back from the repository; exit 1 naming the videos whose bytes are
+    in neither place."""
     c = _ctx(ctx)
     settings = c.settings()
     layout = c.layout()

@@ -229,11 +229,11 @@ class AppsSpec(_Strict):
 class StorageSpec(_Strict):
     """Where the videos' bytes live: a local directory, SeaweedFS run by the platform, or any S3.
 
-    "local": `apps.storage_dir` on the application host (one machine only: another host cannot
-    read it). "seaweedfs": the platform runs SeaweedFS (a master and volume servers where etcd
-    runs, a filer with its S3 gateway where the applications run; every object on two volume
-    servers) and the applications use its S3 API. "s3": any S3 endpoint (`endpoint`, `bucket`,
-    `access_key`, `secret_key`), nothing run by the platform.
+    "local": `apps.storage_dir` on the application host (one application host only: another
+    host cannot read it). "seaweedfs": the platform runs SeaweedFS (masters and volume servers
+    where etcd runs, a filer with its S3 gateway where the applications run; every object on two
+    volume servers, of two hosts across hosts) and the applications use its S3 API. "s3": any
+    S3 endpoint (`endpoint`, `bucket`, `access_key`, `secret_key`), nothing run by the platform.
     """
 
     backend: Literal["local", "seaweedfs", "s3"] = "local"
