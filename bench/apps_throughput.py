@@ -35,6 +35,8 @@ import httpx
 from boto3.s3.transfer import TransferConfig
 
 from videodb.cluster import apps, lifecycle
+from videodb.cluster.render import APP_PROGRAMS as APPS
+from videodb.cluster.supervisor import Supervisor
 from videodb.config import Settings
 from videodb.layout import StateLayout
 from videodb.ports import free_ports
@@ -279,6 +281,13 @@ def measure_backend(
             static.wait(timeout=10)
 
 
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def s3_upload(store: S3Store, source: Path) -> float:
     config = TransferConfig(multipart_chunksize=store.settings.part_bytes, max_concurrency=1)
     began = time.perf_counter()
@@ -324,6 +333,10 @@ def main() -> None:
             lifecycle.start(box.settings, box.layout)
             for backend in ("local", "seaweedfs"):
                 measure_backend(backend, box.settings, box.layout, source, args)
+            print("memory (RSS) after the runs:")
+            for program in Supervisor(box.layout).programs():
+                if program.pid and (program.name.startswith("seaweedfs") or program.name in APPS):
+                    print(f"  {program.name:26s} {rss_mib(program.pid):8.1f} MiB")
         finally:
             lifecycle.stop(box.settings, box.layout)
 

@@ -94,7 +94,13 @@ class RunningCluster:
 
     def cli(self, *args: str, check: bool = False, timeout: float = 120) -> CliResult:
         """Run the CLI as an operator would, from a shell full of wrong libpq variables."""
-        env = operator_env()
+        return self.cli_with_env({}, *args, check=check, timeout=timeout)
+
+    def cli_with_env(
+        self, extra: dict[str, str], *args: str, check: bool = False, timeout: float = 120
+    ) -> CliResult:
+        """The CLI with more environment variables (e.g. VIDEODB__STORAGE__SECRET_KEY)."""
+        env = {**operator_env(), **extra}
         proc = subprocess.run(
             [CLI, "--config", str(self.config_file), *args],
             capture_output=True,

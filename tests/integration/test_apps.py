@@ -30,6 +30,7 @@ from tests.media import make_noise_video, make_video
 from videodb.backup_repo import BackupRepo
 from videodb.db import DataLayer
 from videodb.services.runtime import AppConfig
+from videodb.services.s3_store import S3Store
 from videodb.services.storage import StoredObject, VideoStore
 from videodb.services.stores import open_store
 from videodb.services.sweeper import Sweeper
@@ -704,3 +705,46 @@ def test_video_backups_copy_verify_and_put_back(
     assert hashlib.sha256(stream.content).hexdigest() == kept["sha256"]
     gone = http.get(cluster.app_url("streaming") + lost["stream_url"])
     assert gone.status_code == 404 and "not in storage" in error_message(gone)
+
+
+def test_any_s3_endpoint_by_configuration_alone(
+    cluster: RunningCluster, http: httpx.Client, media: dict[str, Path], routing: str
+) -> None:
+    """backend = "s3" names an endpoint, a bucket, a prefix and keys, and nothing else changes:
+    here SeaweedFS's gateway stands for a cloud bucket."""
+    runs_in(routing, "seaweedfs")
+    gateway = AppConfig.load(cluster.layout.apps_config()).storage.s3
+    assert gateway is not None
+    original = cluster.config_file.read_text()
+    head, rest = original.split(STORAGE_TABLE, 1)
+    rest = "\n".join(line for line in rest.split("\n") if not line.startswith("backend ="))
+    external = (
+        'backend = "s3"\n'
+        f'endpoint = "{gateway.endpoint}"\n'
+        'bucket = "elsewhere"\n'
+        'prefix = "tenant-a/"\n'
+        f'access_key = "{gateway.access_key}"\n'
+    )
+    cluster.config_file.write_text(f"{head}{STORAGE_TABLE}{external}{rest}")
+    secret = {"VIDEODB__STORAGE__SECRET_KEY": gateway.secret_key.get_secret_value()}
+    try:
+        started = cluster.cli_with_env(secret, "start", "apps", timeout=180)
+        assert started.rc == 0 and "restarting" in started.stderr, started
+        config = AppConfig.load(cluster.layout.apps_config())
+        assert config.storage.backend == "s3" and config.storage.s3 is not None
+        created = upload(http, cluster, media["webm"], title=f"elsewhere {uuid.uuid4().hex[:6]}")
+        assert created.status_code == 201, created.text
+        streamed = http.get(cluster.app_url("streaming") + created.json()["stream_url"])
+        assert streamed.content == media["webm"].read_bytes()
+        store = open_store(config.storage, config.max_upload_bytes)
+        try:
+            assert store.exists(created.json()["sha256"])
+            assert isinstance(store, S3Store)
+            keys = store.client.list_objects_v2(Bucket="elsewhere", Prefix="tenant-a/videos/")
+            names = [item["Key"] for item in keys.get("Contents", [])]
+            assert f"tenant-a/videos/{created.json()['sha256']}" in names
+        finally:
+            store.close()
+    finally:
+        cluster.config_file.write_text(original)
+        use_storage(cluster, "seaweedfs")

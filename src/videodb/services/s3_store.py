@@ -212,22 +212,16 @@ class S3Reader(ByteReader):
     def _open(self) -> None:
         store = self.store
         give_up = time.monotonic() + store.settings.settle_s
+        wanted = f"bytes={self._offset}-{self._end - 1}"
         while True:
-            try:
-                answer = store.client.get_object(
-                    Bucket=store.bucket,
-                    Key=self.key,
-                    Range=f"bytes={self._offset}-{self._end - 1}",
-                )
+            answer = store.lookup(
+                lambda: store.client.get_object(Bucket=store.bucket, Key=self.key, Range=wanted)
+            )
+            if answer is not None:
                 break
-            except ClientError as exc:
-                if not _not_found(exc):
-                    raise StoreUnavailableError(f"{store.describe()}: {exc}") from exc
-                if time.monotonic() >= give_up:
-                    raise MissingBytesError(f"not in {store.describe()} ({self.key})") from None
-                time.sleep(0.1)  # another host's filer may not have shared the object yet
-            except BotoCoreError as exc:
-                raise StoreUnavailableError(f"{store.describe()} did not answer: {exc}") from exc
+            if time.monotonic() >= give_up:
+                raise MissingBytesError(f"not in {store.describe()} ({self.key})")
+            time.sleep(0.1)  # another host's filer may not have shared the object yet
         self._body = answer["Body"]
 
     def read(self, size: int) -> bytes:
@@ -304,28 +298,27 @@ class S3Store(VideoStore):
         return S3Pending(self, declared_type)
 
     def ensure_ready(self) -> None:
-        try:
-            self.client.head_bucket(Bucket=self.bucket)
-        except ClientError as exc:
-            if not _not_found(exc):
-                raise StoreUnavailableError(f"{self.describe()}: {exc}") from exc
+        if self.lookup(lambda: self.client.head_bucket(Bucket=self.bucket)) is None:
             self.call("create the bucket", lambda: self.client.create_bucket(Bucket=self.bucket))
-        except BotoCoreError as exc:
-            raise StoreUnavailableError(f"{self.describe()} did not answer: {exc}") from exc
         probe = self.key("staging", f"probe-{uuid.uuid4().hex}")
         self.call("write", lambda: self.client.put_object(Bucket=self.bucket, Key=probe, Body=b""))
         self.call("delete", lambda: self.client.delete_object(Bucket=self.bucket, Key=probe))
 
-    def exists(self, sha256: str) -> bool:
+    def lookup(self, action: Callable[[], T]) -> T | None:
+        """One S3 call about an object: None when it is not there; StoreUnavailableError when
+        the store fails or does not answer."""
         try:
-            self.client.head_object(Bucket=self.bucket, Key=self.key("videos", sha256))
+            return action()
         except ClientError as exc:
             if _not_found(exc):
-                return False
+                return None
             raise StoreUnavailableError(f"{self.describe()}: {exc}") from exc
         except BotoCoreError as exc:
             raise StoreUnavailableError(f"{self.describe()} did not answer: {exc}") from exc
-        return True
+
+    def exists(self, sha256: str) -> bool:
+        key = self.key("videos", sha256)
+        return self.lookup(lambda: self.client.head_object(Bucket=self.bucket, Key=key)) is not None
 
     def open_range(self, sha256: str, start: int, length: int) -> ByteReader:
         return S3Reader(self, sha256, start, length)
@@ -351,16 +344,10 @@ class S3Store(VideoStore):
         )
 
     def poster(self, sha256: str) -> bytes | None:
-        try:
-            answer = self.client.get_object(
-                Bucket=self.bucket, Key=self.key("posters", f"{sha256}.jpg")
-            )
-        except ClientError as exc:
-            if _not_found(exc):
-                return None
-            raise StoreUnavailableError(f"{self.describe()}: {exc}") from exc
-        except BotoCoreError as exc:
-            raise StoreUnavailableError(f"{self.describe()} did not answer: {exc}") from exc
+        key = self.key("posters", f"{sha256}.jpg")
+        answer = self.lookup(lambda: self.client.get_object(Bucket=self.bucket, Key=key))
+        if answer is None:
+            return None
         data: bytes = answer["Body"].read()
         return data
 

@@ -18,7 +18,7 @@ from videodb.db.web import request_token
 from videodb.services.base import create_app, json_error
 from videodb.services.ranges import ByteRange, RangeNotSatisfiable, etag_matches, parse_range
 from videodb.services.runtime import AppConfig
-from videodb.services.storage import ByteReader, MissingBytesError
+from videodb.services.storage import ByteReader, MissingBytesError, VideoStore
 from videodb.services.stores import open_store
 from videodb.services.videos import VideoOut, fetch_video, parse_id
 from videodb.services.views import ViewCounter
@@ -57,14 +57,32 @@ class RecentVideos:
             self._entries.popitem(last=False)
 
 
+def open_slice(store: VideoStore, sha256: str, start: int, length: int) -> tuple[ByteReader, bytes]:
+    """Open the stored bytes and read the first chunk in the same worker-thread hop (a player's
+    typical range is one chunk: one hop in all)."""
+    reader = store.open_range(sha256, start, length)
+    try:
+        return reader, reader.read(CHUNK) if length else b""
+    except BaseException:
+        reader.close()
+        raise
+
+
 class StoreSlice(Response):
-    """Sends a stored video's bytes from an opened reader, chunk by chunk off the event loop."""
+    """Sends a stored video's bytes: the first chunk read already, the rest chunk by chunk off
+    the event loop."""
 
     def __init__(
-        self, reader: ByteReader, length: int, status_code: int, headers: Mapping[str, str]
+        self,
+        reader: ByteReader,
+        first: bytes,
+        length: int,
+        status_code: int,
+        headers: Mapping[str, str],
     ) -> None:
         super().__init__(status_code=status_code, headers=dict(headers))
         self.reader = reader
+        self.first = first
         self.length = length
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -79,18 +97,19 @@ class StoreSlice(Response):
             if scope["method"] == "HEAD" or self.length == 0:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
                 return
-            sent = 0
-            while sent < self.length:
-                # One worker-thread hop per chunk (a player's typical range is one chunk).
-                chunk = await anyio.to_thread.run_sync(self.reader.read, CHUNK)
+            chunk, sent = self.first, 0
+            while True:
                 if not chunk:
                     raise RuntimeError(f"the stored bytes ended after {sent} of {self.length}")
                 sent += len(chunk)
                 await send(
                     {"type": "http.response.body", "body": chunk, "more_body": sent < self.length}
                 )
+                if sent >= self.length:
+                    break
+                chunk = await anyio.to_thread.run_sync(self.reader.read, CHUNK)
         finally:
-            await anyio.to_thread.run_sync(self.reader.close)
+            self.reader.close()  # a file descriptor, or a body back to its pool: no waiting
 
 
 def build_app(config: AppConfig, layer: DataLayer | None = None) -> FastAPI:
@@ -165,14 +184,14 @@ def build_app(config: AppConfig, layer: DataLayer | None = None) -> FastAPI:
             headers["Content-Range"] = wanted.content_range(size)
         headers["Content-Length"] = str(length)
         try:
-            reader = await run_in_threadpool(
-                store.open_range, video.sha256, start, length if request.method == "GET" else 0
+            reader, first = await run_in_threadpool(
+                open_slice, store, video.sha256, start, length if request.method == "GET" else 0
             )
         except MissingBytesError as exc:
             raise HTTPException(
                 404, f"video {vid} is recorded but its bytes are not in storage: {exc}"
             ) from None
-        return StoreSlice(reader, length, status, headers)
+        return StoreSlice(reader, first, length, status, headers)
 
     @app.get(
         "/api/videos/{video_id}/poster",
