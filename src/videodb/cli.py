@@ -345,11 +345,13 @@ def start(
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Start etcd, both PostgreSQL nodes (Patroni) and HAProxy, wait until healthy, migrate the
-    schema, then start the upload, metadata and streaming applications and wait until ready.
+    """Start etcd, both PostgreSQL nodes (Patroni) and HAProxy (and SeaweedFS with
+    storage.backend = "seaweedfs"), wait until healthy, migrate the schema, then start the
+    upload, metadata and streaming applications and wait until ready.
 
     With --cluster FILE --host NAME: only that host's part. On a running platform, a changed
-    config or cluster file is re-applied without a restart."""
+    config or cluster file is re-applied without a restart; newly configured servers are
+    started, and the applications restarted if what they run with changed."""
     c = _ctx(ctx)
     given = set()
     for key, value in (("failover", failover), ("replication", replication), ("profile", profile)):

@@ -75,6 +75,7 @@ class S3Pending(PendingUpload):
         self._upload_id: str | None = None
         self._parts: list[CompletedPartTypeDef] = []
         self._staged = False  # the staging object exists (multipart completed or one PUT)
+        self._discarded = False
 
     # -- on the event loop: buffer, and hand whole parts to this upload's worker thread --------
 
@@ -174,6 +175,9 @@ class S3Pending(PendingUpload):
 
     def discard(self) -> None:
         """Abort what is in progress, remove what is staged (after the parts in flight)."""
+        if self._discarded:
+            return
+        self._discarded = True
         try:
             self._pool.submit(self._abort).result()
         except Exception as exc:  # the sweeper removes what this could not
