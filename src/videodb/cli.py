@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, NoReturn, TypeVar, cast
 
 import typer
+import yaml
 from rich.console import Console
 from rich.markup import escape
 
@@ -36,9 +37,11 @@ from videodb.cluster import (
     ha,
     hosts,
     lifecycle,
+    members,
     promote,
     replication,
     rotate,
+    service_unit,
     status,
     tools,
     topology,
@@ -446,20 +449,226 @@ def stop(
 @mutating
 def restart(
     ctx: typer.Context,
+    nodes: Annotated[
+        list[str] | None,
+        typer.Argument(
+            metavar="[NODE]...",
+            help="Restart only PostgreSQL on these nodes, through Patroni (the platform keeps "
+            "running).",
+        ),
+    ] = None,
+    rolling: Annotated[
+        bool,
+        typer.Option(
+            "--rolling", help="Every node, one at a time: replicas first, the master last."
+        ),
+    ] = False,
+    pending: Annotated[
+        bool,
+        typer.Option("--pending", help="Only the nodes 'list' shows with a pending restart."),
+    ] = False,
+    switchover_first: Annotated[
+        bool,
+        typer.Option(
+            "--switchover",
+            help="Before the master's own restart, switch its role to a replica (no write "
+            "outage beyond the switchover's).",
+        ),
+    ] = False,
     timeout: Annotated[
-        float, typer.Option(metavar="SECONDS", help="Seconds to wait for a healthy cluster.")
+        float, typer.Option(metavar="SECONDS", help="Seconds to wait (for each node).")
     ] = 180.0,
+    as_json: JsonOpt = False,
 ) -> None:
-    """Stop, then start again (applies a changed config)."""
-    stop(ctx, target="all", as_json=False)
-    start(
-        ctx,
-        target="video",
+    """Without NODE: stop, then start again (applies a changed config). With NODE, --rolling or
+    --pending: restart PostgreSQL through Patroni, one node at a time, replicas first, each
+    running again before the next (a 'pending restart' setting takes effect)."""
+    c = _ctx(ctx)
+    if not nodes and not rolling and not pending:
+        if switchover_first or as_json:
+            raise ConfigError("--switchover and --json go with NODE, --rolling or --pending")
+        stop(ctx, target="all", as_json=False)
+        start(
+            ctx,
+            target="video",
+            timeout=timeout,
+            as_json=False,
+            failover=None,
+            replication=None,
+            profile=None,
+        )
+        return
+    c.require_running()
+    settings = c.settings()
+    names = list(nodes or []) or [n.name for n in settings.nodes]
+    for name in names:
+        settings.node(name)  # an unknown name: a clear error before anything restarts
+    done = members.restart_nodes(
+        settings,
+        load_secrets(c.layout()),
+        names,
+        pending_only=pending,
+        switchover_first=switchover_first,
         timeout=timeout,
-        as_json=False,
-        failover=None,
-        replication=None,
-        profile=None,
+        progress=_progress(as_json),
+    )
+    if as_json:
+        _print_json({"restarted": done})
+    else:
+        out.print(f"restarted: {', '.join(done) or 'none'}", highlight=False)
+
+
+@app.command(epilog=examples("platform.sh reload postgres-video-slave", "platform.sh reload --all"))
+@mutating
+def reload(
+    ctx: typer.Context,
+    nodes: Annotated[list[str] | None, typer.Argument(metavar="[NODE]...")] = None,
+    every: Annotated[bool, typer.Option("--all", help="Every node.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Make Patroni re-read its configuration and reload PostgreSQL's on these nodes."""
+    c = _ctx(ctx)
+    c.require_running()
+    settings = c.settings()
+    if not nodes and not every:
+        raise ConfigError("name the nodes to reload, or --all")
+    names = [n.name for n in settings.nodes] if every else list(nodes or [])
+    for name in names:
+        settings.node(name)
+    done = members.reload_nodes(settings, load_secrets(c.layout()).api_password, names)
+    if as_json:
+        _print_json({"reloaded": done})
+    else:
+        out.print(f"reloaded: {', '.join(done)}", highlight=False)
+
+
+@app.command("list", epilog=examples("platform.sh list", "platform.sh list --json"))
+def list_cmd(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """The members in one table, as Patroni's /cluster has them: role, state, timeline, lag
+    (bytes behind the leader's last position in etcd), pending restart."""
+    c = _ctx(ctx)
+    c.require_running()
+    found = members.list_members(c.settings())
+    if as_json:
+        _print_json([asdict(m) for m in found])
+        return
+    out.print(render_text.members_table(found))
+
+
+@app.command(epilog=examples("platform.sh history", "platform.sh history --json"))
+def history(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """Failovers and switchovers: the timeline each ended, at which LSN, when, why, and the
+    node that took over (Patroni's /history)."""
+    c = _ctx(ctx)
+    c.require_running()
+    entries = members.history(c.settings())
+    if as_json:
+        _print_json([asdict(e) for e in entries])
+        return
+    if not entries:
+        out.print("no failover or switchover yet (timeline 1)")
+        return
+    out.print(render_text.history_table(entries))
+
+
+@app.command("show-config", epilog=examples("platform.sh show-config"))
+def show_config(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """Patroni's dynamic configuration (in etcd, shared by every node), as YAML."""
+    c = _ctx(ctx)
+    c.require_running()
+    config = members.show_config(c.settings())
+    if as_json:
+        _print_json(config)
+    else:
+        out.print(yaml.safe_dump(config, sort_keys=True).rstrip(), highlight=False)
+
+
+@app.command(
+    "edit-config",
+    epilog=examples(
+        "platform.sh edit-config loop_wait=2 maximum_lag_on_failover=2097152",
+        "platform.sh edit-config postgresql.parameters.work_mem=8MB",
+        "platform.sh edit-config postgresql.parameters.max_connections=150   # pending restart",
+        "platform.sh restart --pending --switchover",
+    ),
+)
+@mutating
+def edit_config(
+    ctx: typer.Context,
+    assignments: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="KEY=VALUE...",
+            help="Patroni dynamic settings (ttl, loop_wait, synchronous_mode...) or "
+            "postgresql.parameters.NAME (empty value: back to the default).",
+        ),
+    ],
+    as_json: JsonOpt = False,
+) -> None:
+    """Change Patroni's dynamic configuration, checked first (unknown keys, and parameters that
+    PostgreSQL would refuse, change nothing), applied by every node without a restart where
+    PostgreSQL allows; a setting that needs one shows as 'pending restart' in 'list' until
+    'restart --pending'. A setting the config file also holds is overwritten by the next
+    'start' on a running platform: change the file for a lasting change."""
+    c = _ctx(ctx)
+    c.require_running()
+    change = members.edit_config(
+        c.settings(), load_secrets(c.layout()), assignments, progress=_progress(as_json)
+    )
+    if as_json:
+        _print_json(asdict(change))
+        return
+    out.print(f"applied: {', '.join(assignments)}", highlight=False)
+    if change.pending_restart:
+        out.print(
+            f"pending restart on {', '.join(change.pending_restart)}: 'platform.sh restart "
+            "--pending' (add --switchover to keep writes going)",
+            highlight=False,
+        )
+
+
+@app.command(
+    "install-service",
+    epilog=examples(
+        "platform.sh install-service && systemctl daemon-reload && systemctl enable videodb-local",
+        "platform.sh --cluster c.toml --host db1 install-service",
+        "platform.sh install-service --unit-dir /tmp/units   # write it elsewhere to look at it",
+    ),
+)
+def install_service(
+    ctx: typer.Context,
+    unit_dir: Annotated[
+        Path,
+        typer.Option(
+            "--unit-dir", metavar="DIR", help="Where to write the unit (systemd's, by default)."
+        ),
+    ] = service_unit.SYSTEM_UNITS,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write a systemd unit that starts this host's part at boot ('start video' with the
+    options given here) and stops it at shutdown. Enable it with systemctl."""
+    c = _ctx(ctx)
+    args: list[str] = []
+    if c.cluster_file is not None:
+        args += ["--cluster", str(c.cluster_file.resolve())]
+    elif c.config_file is not None:
+        args += ["--config", str(c.config_file.resolve())]
+    for assignment in c.assignments:
+        args += ["--set", assignment]
+    script = project_home() / "scripts" / "platform.sh"
+    try:
+        unit = service_unit.write_unit(c.settings(), c.layout(), script, args, unit_dir)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write the unit into {unit_dir} ({exc.strerror}): run as root, or give "
+            "--unit-dir DIR"
+        ) from exc
+    if as_json:
+        _print_json({"unit": unit.name, "path": str(unit.path)})
+        return
+    out.print(f"wrote {unit.path}", highlight=False)
+    out.print(
+        f"enable it: systemctl daemon-reload && systemctl enable --now {unit.name}", highlight=False
     )
 
 

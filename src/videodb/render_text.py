@@ -8,6 +8,7 @@ from videodb.backup_repo import BackupInfo
 from videodb.backups.progress import size
 from videodb.cluster.drill import DrillReport
 from videodb.cluster.haproxy_stats import ServerStatus
+from videodb.cluster.members import HistoryEntry, Member
 from videodb.cluster.replication import ReplicationReport
 from videodb.cluster.status import PlatformStatus
 from videodb.config import Settings
@@ -172,4 +173,30 @@ def backups_table(infos: list[BackupInfo], repo: str, wal_bytes: int) -> Table:
             size(i.size_bytes),
             verified,
         )
+    return table
+
+
+def members_table(found: list[Member]) -> Table:
+    table = Table(title="members (Patroni)", title_justify="left")
+    for column in ("member", "host", "role", "state", "TL", "lag (bytes)", "pending restart"):
+        table.add_column(column)
+    for m in found:
+        table.add_row(
+            m.name,
+            m.host,
+            m.role,
+            m.state,
+            "" if m.timeline is None else str(m.timeline),
+            "" if m.lag_bytes is None else str(m.lag_bytes),
+            "[yellow]*[/]" if m.pending_restart else "",
+        )
+    return table
+
+
+def history_table(entries: list[HistoryEntry]) -> Table:
+    table = Table(title="failovers and switchovers", title_justify="left")
+    for column in ("timeline", "ended at LSN", "at", "new leader", "reason"):
+        table.add_column(column)
+    for e in entries:
+        table.add_row(str(e.timeline), str(e.lsn), e.at or "", e.new_leader or "", e.reason)
     return table

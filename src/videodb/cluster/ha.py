@@ -136,8 +136,10 @@ class SyncReport:
         return asdict(self)
 
 
+# Bytes still to replay up to the target; a replica already past it (WAL written since, e.g.
+# by a checkpoint) is 0 behind, not negative.
 _SYNC_SQL = """
-SELECT application_name, pg_wal_lsn_diff(%s::pg_lsn, replay_lsn)::bigint
+SELECT application_name, GREATEST(pg_wal_lsn_diff(%s::pg_lsn, replay_lsn), 0)::bigint
 FROM pg_stat_replication
 """
 
