@@ -8,6 +8,7 @@ configuration); what changes state needs the API password and this host's client
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -317,13 +318,38 @@ def restart_nodes(
         if switchover_first and roles(settings).get(node.name) is Role.PRIMARY:
             progress(f"{node.name} is the master: switching over first")
             switched = switchover(settings, secrets, None, timeout=timeout)
-            progress(f"{switched.new_primary} is the master now")
+            progress(f"{switched.new_primary} is the master now; waiting for {node.name} to follow")
+            wait_for(
+                functools.partial(_running_replica, api, node),
+                timeout=timeout,
+                what=f"{node.name} running as a replica after the switchover",
+                interval=0.3,
+            )
         progress(f"restarting {node.name}")
         began = time.time()
-        api.post(node, "/restart", {}, timeout=timeout)
+        _post_restart(api, node, timeout)
         wait_node_running(api, node, began, timeout)
         done.append(node.name)
     return done
+
+
+def _running_replica(api: PatroniAPI, node: NodeSpec) -> bool:
+    member = api.member(node)
+    return member.role is Role.REPLICA and member.state == "running"
+
+
+def _post_restart(api: PatroniAPI, node: NodeSpec, timeout: float) -> None:
+    """POST /restart; Patroni answers 503 while another action (a demote, a restart) runs on
+    the node: asked again until it takes it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            api.post(node, "/restart", {}, timeout=timeout)
+            return
+        except ClusterError as exc:
+            if "HTTP 503" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.5)
 
 
 def reload_nodes(settings: Settings, api_password: str, names: list[str]) -> list[str]:

@@ -529,7 +529,7 @@ def supervisor_config(
         haproxy_argv = [str(tools.haproxy), "-W", "-db", "-f", str(layout.haproxy_config())]
         text += program(HAPROXY_PROGRAM, haproxy_argv, 10, 30)
     for weed in seaweedfs_programs(settings, layout, this):
-        text += program(weed.name, weed.argv, 15, 35)
+        text += program(weed.name, weed.argv, weed.stop_wait_s, 35)
     if this.apps:
         # The applications start after the cluster is healthy and the schema migrated.
         config = layout.apps_config()

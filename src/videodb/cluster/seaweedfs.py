@@ -41,6 +41,10 @@ class WeedProgram:
     name: str
     argv: list[str]
     ports: dict[str, int]  # "http" (what status asks) and "grpc"
+    # Seconds supervisord waits after SIGTERM before SIGKILL. The filer's graceful stop waits
+    # for its gRPC streams (the gateway's, its peers') and never ends: measured 15 s then a
+    # SIGKILL in every stop. Its leveldb store is journaled, so it gets 2 s.
+    stop_wait_s: int = 10
 
 
 def weed_binary() -> Path:
@@ -127,9 +131,8 @@ def programs(settings: Settings, layout: StateLayout, host: HostSpec) -> list[We
             f"-defaultStoreDir={root / 'filer'}",
             f"-defaultReplicaPlacement={replication(settings)}",
         ]
-        found.append(
-            WeedProgram(FILER_PROGRAM, filer, {"http": s.filer_port, "grpc": s.filer_grpc_port})
-        )
+        ports = {"http": s.filer_port, "grpc": s.filer_grpc_port}
+        found.append(WeedProgram(FILER_PROGRAM, filer, ports, stop_wait_s=2))
         # The gateway on its own (the filer's -s3 would reach the filer's gRPC at its HTTP port
         # + 10000, whatever filer_grpc_port says).
         gateway = [
