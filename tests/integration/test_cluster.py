@@ -12,7 +12,7 @@ import psycopg
 import pytest
 from psycopg import errors
 
-from tests.integration.harness import RunningCluster
+from tests.integration.harness import CliResult, RunningCluster, set_apply_delay
 from videodb.backups.progress import size
 from videodb.cluster.supervisor import supervisord_pid
 from videodb.layout import tls_files
@@ -241,6 +241,32 @@ def test_replication_status_exits_1_when_lag_exceeds_threshold(cluster: RunningC
     result = cluster.cli("replication-status", "--max-lag", "-1")
     assert result.rc == 1
     assert "exceeds" in result.stderr
+
+
+def test_replication_status_reports_a_real_lag_the_replica_confirms(
+    cluster: RunningCluster,
+) -> None:
+    """A lag over the limit is asked of the replica itself (the primary's replay_lag can count
+    an idle spell); a replica really behind (replay held back 4 s) stays reported."""
+    set_apply_delay(cluster, "4s")
+    try:
+        with cluster.app_connect(cluster.write_port) as conn:
+            conn.execute("CREATE TABLE IF NOT EXISTS lag_probe (id serial PRIMARY KEY)")
+            conn.execute("INSERT INTO lag_probe DEFAULT VALUES")
+
+        def behind() -> CliResult | None:
+            result = cluster.cli("replication-status", "--max-lag", "1")
+            return result if result.rc == 1 else None
+
+        result = wait_for(behind, timeout=20, what="the held-back replica reported behind")
+        assert "exceeds 1.0 s" in result.stderr, result
+    finally:
+        set_apply_delay(cluster, None)
+    wait_for(
+        lambda: cluster.cli("replication-status", "--max-lag", "5").rc == 0,
+        timeout=30,
+        what="replication-status ok again once replay resumed",
+    )
 
 
 def test_haproxy_stats_routes_writes_to_master_only(cluster: RunningCluster) -> None:

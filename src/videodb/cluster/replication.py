@@ -10,7 +10,7 @@ import psycopg
 
 from videodb.cluster.patroni_api import MemberStatus, PatroniAPI, Role
 from videodb.cluster.pg import connect_superuser
-from videodb.config import Settings
+from videodb.config import NodeSpec, Settings
 from videodb.errors import ClusterError
 from videodb.secrets import ClusterSecrets
 
@@ -104,8 +104,38 @@ def replication_report(
             node.name, by_name.get(node.name), slots, members.get(node.name), max_lag_s
         )
         replica.host = settings.node_host(node).name
+        if replica.lag_seconds is not None and replica.lag_seconds > max_lag_s:
+            _confirm_lag(settings, secrets, node, report.current_lsn, replica, max_lag_s)
         report.replicas.append(replica)
     return report
+
+
+def _confirm_lag(
+    settings: Settings,
+    secrets: ClusterSecrets,
+    node: NodeSpec,
+    primary_lsn: str,
+    replica: ReplicaStatus,
+    max_lag_s: float,
+) -> None:
+    """A lag over the limit, asked of the replica itself. Right after an idle spell the
+    primary's replay_lag counts the idle time until the replica's next report (up to
+    wal_receiver_status_interval): a replica that has replayed everything the primary had
+    written when asked is not lagging."""
+    try:
+        with connect_superuser(settings, secrets, node) as conn:
+            row = conn.execute(
+                "SELECT pg_wal_lsn_diff(%s::pg_lsn, pg_last_wal_replay_lsn())", (primary_lsn,)
+            ).fetchone()
+    except (ClusterError, psycopg.Error):
+        return  # not reachable from here: the primary's view stands
+    if row is None or row[0] is None or float(str(row[0])) > 0:
+        return  # it really is behind
+    replica.lag_seconds = 0.0
+    replica.lag_bytes = 0
+    replica.problem = (
+        f"{replica.name}: lag 0.0 s exceeds {max_lag_s:.1f} s" if max_lag_s < 0 else None
+    )
 
 
 def _replica(
