@@ -10,6 +10,7 @@ import pytest
 
 from tests.integration.simhosts import NETNS_DIR, netns_available, owner_pid, sweep_stale
 from videodb.cluster.supervisor import pid_alive
+from videodb.waiting import wait_for
 
 pytestmark = [
     pytest.mark.integration,
@@ -28,6 +29,16 @@ def test_namespaces_of_a_killed_run_are_removed_with_what_runs_in_them() -> None
         for name in (stale, ours):
             subprocess.run(["ip", "netns", "add", name], check=True)
         sleeper = subprocess.Popen(["ip", "netns", "exec", stale, "sleep", "60"])
+
+        def inside() -> bool:
+            listed = subprocess.run(
+                ["ip", "netns", "pids", stale], capture_output=True, text=True, check=True
+            )
+            return str(sleeper.pid) in listed.stdout.split()
+
+        # `ip netns exec` enters the namespace a moment after it starts (a sweep before that
+        # found nothing to kill: the CI failure of this test once).
+        wait_for(inside, timeout=10, what="the sleeper inside the stale namespace")
         removed = sweep_stale(pid_alive)
         assert removed == [stale]
         assert not (NETNS_DIR / stale).exists() and (NETNS_DIR / ours).exists()
