@@ -605,15 +605,16 @@ def edit_config(
     ],
     as_json: JsonOpt = False,
 ) -> None:
-    """Change Patroni's dynamic configuration, checked first (unknown keys, and parameters that
-    PostgreSQL would refuse, change nothing), applied by every node without a restart where
-    PostgreSQL allows; a setting that needs one shows as 'pending restart' in 'list' until
-    'restart --pending'. A setting the config file also holds is overwritten by the next
-    'start' on a running platform: change the file for a lasting change."""
+    """Change Patroni's dynamic configuration, checked first (unknown keys, parameters that
+    PostgreSQL would refuse, and parameters the config file or the platform sets in each node's
+    own configuration, which overrides this one, change nothing), applied by every node without
+    a restart where PostgreSQL allows; a setting that needs one shows as 'pending restart' in
+    'list' until 'restart --pending'. The timings and modes the config file holds ([patroni])
+    are applied again by the next 'start' on a running platform."""
     c = _ctx(ctx)
     c.require_running()
     change = members.edit_config(
-        c.settings(), load_secrets(c.layout()), assignments, progress=_progress(as_json)
+        c.settings(), c.layout(), load_secrets(c.layout()), assignments, progress=_progress(as_json)
     )
     if as_json:
         _print_json(asdict(change))

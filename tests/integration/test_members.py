@@ -67,6 +67,9 @@ REFUSED = [
     ("postgresql.parameters.work_mem=plenty", "refused"),
     ("postgresql.parameters.max_connections=5000000", "between"),
     ("postgresql.parameters.wal_level=everything", "one of"),
+    # the config file's, which each node's own Patroni file holds over the dynamic one
+    ("postgresql.parameters.shared_buffers=128MB", "change it in the config file"),
+    ("postgresql.parameters.log_connections=off", "change it in the config file"),
 ]
 
 

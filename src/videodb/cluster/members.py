@@ -19,8 +19,10 @@ import psycopg
 
 from videodb.cluster.patroni_api import PatroniAPI, Role
 from videodb.cluster.pg import connect_superuser
+from videodb.cluster.render import local_parameters
 from videodb.config import NodeSpec, Settings
 from videodb.errors import ClusterError, ConfigError
+from videodb.layout import StateLayout
 from videodb.secrets import ClusterSecrets
 from videodb.waiting import wait_for
 
@@ -238,6 +240,7 @@ def check_parameters(
 
 def edit_config(
     settings: Settings,
+    layout: StateLayout,
     secrets: ClusterSecrets,
     assignments: list[str],
     *,
@@ -248,6 +251,15 @@ def edit_config(
     applied it: reloaded, or flagged 'pending restart' for settings that need one."""
     patch = plan_change(assignments)
     parameters = patch.get("postgresql", {}).get("parameters", {})
+    held = sorted(set(parameters) & set(local_parameters(settings, layout, settings.nodes[0])))
+    if held:
+        raise ConfigError(
+            f"{', '.join('postgresql.parameters.' + n for n in held)}: set in each node's own "
+            "configuration, which overrides Patroni's dynamic one (config/platform.toml "
+            "[postgresql.parameters], or fixed by the platform); change it in the config file "
+            "and run 'platform.sh start video' on each host (then 'restart --pending' if it "
+            "needs a restart)"
+        )
     contexts = check_parameters(settings, secrets, parameters) if parameters else {}
     api = PatroniAPI(settings, secrets.api_password)
     progress(f"applying {', '.join(assignments)}")

@@ -116,20 +116,12 @@ def _listen(address: str, port: int) -> str:
     return f"{address},127.0.0.1:{port}"
 
 
-def patroni_config(
-    settings: Settings,
-    layout: StateLayout,
-    node: NodeSpec,
-    secrets: ClusterSecrets,
-    tools: Toolchain,
-) -> dict[str, Any]:
-    host = settings.node_address(node)
-    p = settings.patroni
-    db = settings.database
+def local_parameters(settings: Settings, layout: StateLayout, node: NodeSpec) -> dict[str, Any]:
+    """PostgreSQL parameters in each node's own Patroni file. They take precedence over
+    Patroni's dynamic (DCS) configuration and are re-rendered at every start, so a changed
+    config/platform.toml applies on restart ('edit-config' refuses to change them)."""
     tls = tls_files(layout)
-    # Local parameters take precedence over Patroni's dynamic (DCS) configuration and are
-    # re-rendered at every start, so a changed config/platform.toml applies on restart.
-    local_parameters: dict[str, Any] = {
+    return {
         **LINK_TIMEOUTS,
         **settings.postgresql.parameters,
         "unix_socket_directories": str(layout.service_run),
@@ -147,6 +139,20 @@ def patroni_config(
         **postgres_tls_parameters(tls),
         **archive_parameters(layout.archive_script(), settings.backup.archive_timeout_s),
     }
+
+
+def patroni_config(
+    settings: Settings,
+    layout: StateLayout,
+    node: NodeSpec,
+    secrets: ClusterSecrets,
+    tools: Toolchain,
+) -> dict[str, Any]:
+    host = settings.node_address(node)
+    p = settings.patroni
+    db = settings.database
+    tls = tls_files(layout)
+    local = local_parameters(settings, layout, node)
     return {
         "scope": p.scope,
         "namespace": "/videodb/",
@@ -213,7 +219,7 @@ def patroni_config(
                     **verify_full(tls),
                 },
             },
-            "parameters": local_parameters,
+            "parameters": local,
             "pg_hba": pg_hba(settings),
             "basebackup": [{"checkpoint": "fast"}],
             "create_replica_methods": ["basebackup"],

@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -370,7 +371,21 @@ class S3Store(VideoStore):
         for listed in uploads.paginate(Bucket=self.bucket, Prefix=base):
             for upload in listed.get("Uploads", []):
                 name = f"{upload['Key'][len(base) :]}#{upload['UploadId']}"
-                yield StoredObject("staged", name, upload["Initiated"])
+                yield StoredObject("staged", name, self._last_activity(upload))
+
+    def _last_activity(self, upload: Any) -> datetime:
+        """When a multipart upload last received a part (its start if none yet): an upload
+        still sending after the grace period is not abandoned."""
+        newest: datetime = upload["Initiated"]
+        parts = self.lookup(
+            lambda: self.client.list_parts(
+                Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+            )
+        )
+        if parts is not None:
+            for part in parts.get("Parts", []):
+                newest = max(newest, part["LastModified"])
+        return newest
 
     def remove_object(self, item: StoredObject) -> None:
         if item.kind == "staged" and "#" in item.name:
