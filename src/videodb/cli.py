@@ -21,7 +21,7 @@ import yaml
 from rich.console import Console
 from rich.markup import escape
 
-from videodb import __version__, cli_log, crash, pgenv, render_text
+from videodb import __version__, cli_log, cli_monitoring, crash, pgenv, render_text
 from videodb.backup_repo import repo_for
 from videodb.backups import logical as backups_logical
 from videodb.backups import physical as backups_physical
@@ -31,6 +31,7 @@ from videodb.backups import verify as backups_verify
 from videodb.backups import videos as backups_videos
 from videodb.backups.archiver import archiver_status
 from videodb.backups.progress import size
+from videodb.backups.schedule import read_runs, read_schedule
 from videodb.cluster import (
     apps,
     drill,
@@ -1434,8 +1435,9 @@ def cluster_init(
 
 @backup_app.command("list")
 def backup_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
-    """Every backup: id, kind, start and end (time and LSN), size, verified or not; and whether
-    each node's WAL archiving works (pg_stat_archiver)."""
+    """Every backup: id, kind, start and end (time and LSN), size, verified or not; the last
+    scheduled runs with their outcome ('backup schedule'); and whether each node's WAL archiving
+    works (pg_stat_archiver)."""
     c = _ctx(ctx)
     repo = repo_for(c.settings(), c.layout())
     infos = repo.all()
@@ -1443,6 +1445,8 @@ def backup_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     archivers = []
     if lifecycle.is_running(c.layout()):
         archivers = archiver_status(c.settings(), load_secrets(c.layout()))
+    schedule = read_schedule(repo)
+    runs = read_runs(repo, 10)
     if as_json:
         _print_json(
             {
@@ -1450,10 +1454,14 @@ def backup_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
                 "wal_bytes": wal,
                 "backups": [i.as_dict() for i in infos],
                 "archivers": [{**asdict(a), "detail": a.detail} for a in archivers],
+                "schedule": asdict(schedule) if schedule else None,
+                "scheduled_runs": [asdict(r) for r in runs],
             }
         )
         return
     out.print(render_text.backups_table(infos, str(repo.root), wal))
+    if runs:
+        out.print(render_text.scheduled_runs_table(runs))
     for a in archivers:
         colour = "red" if a.failing or not a.reachable else "green"
         out.print(f"archiving on {a.node}: [{colour}]{escape(a.detail)}[/]", highlight=False)
@@ -1701,6 +1709,56 @@ def config_cmd(ctx: typer.Context, as_json: JsonOpt = False) -> None:
         _print_json(doc)
     else:
         sys.stdout.write(render_config(data, loaded.sources, loaded.config_file))
+
+
+@app.command(
+    epilog=examples(
+        "platform.sh alerts",
+        "platform.sh alerts --json | jq '.[] | select(.state == \"firing\")'",
+    )
+)
+def alerts(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """The alerts whose condition holds now: firing, or pending (holding, not yet for
+    monitoring.alert_for_s), each with the node or host it is about and what to do. Alertmanager
+    delivers the firing ones to monitoring.webhook_url."""
+    c = _ctx(ctx)
+    c.require_running()
+    cli_monitoring.show_alerts(c.settings(), as_json)
+
+
+@backup_app.command(
+    "schedule",
+    epilog=examples(
+        "platform.sh backup schedule --base-every 1d --dump-every 6h --keep 7",
+        "platform.sh backup schedule            # show it, and when each kind is due",
+        "platform.sh backup schedule --off",
+    ),
+)
+def backup_schedule(
+    ctx: typer.Context,
+    base_every: Annotated[
+        str | None,
+        typer.Option("--base-every", metavar="INTERVAL", help="A base backup this often: 1d, 6h."),
+    ] = None,
+    dump_every: Annotated[
+        str | None,
+        typer.Option("--dump-every", metavar="INTERVAL", help="A pg_dump this often: 6h, 30m."),
+    ] = None,
+    keep: Annotated[
+        int | None,
+        typer.Option("--keep", metavar="N", help="After each run, 'backup prune --keep N'."),
+    ] = None,
+    off: Annotated[bool, typer.Option("--off", help="Stop the schedule.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Backups the platform takes by itself: its backup scheduler (on the first application
+    host) runs a kind one interval after its newest backup, records each run's outcome in the
+    repository ('backup list') and exports it to Prometheus, which alerts when a run fails or
+    a backup is overdue. With no option: the schedule and when each kind is due."""
+    c = _ctx(ctx)
+    cli_monitoring.backup_schedule(
+        c.settings(), c.layout(), base_every, dump_every, keep, off, as_json
+    )
 
 
 def main() -> None:

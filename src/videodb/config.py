@@ -49,6 +49,8 @@ class NodeSpec(_Strict):
     port: Port
     api_port: Port
     host: Annotated[str, Field(pattern=f"^{NODE_NAME_PATTERN}$")] | None = None  # None: the first
+    # Its postgres_exporter (monitoring); unset: monitoring.postgres_exporter_port + its index
+    exporter_port: Port | None = None
 
 
 LOCAL_HOST = "local"  # the one host of the single-machine default
@@ -316,6 +318,41 @@ class BackupSpec(_Strict):
     archive_timeout_s: Annotated[int, Field(ge=0, le=86_400)] = 60  # 0: switch only when full
 
 
+class MonitoringSpec(_Strict):
+    """Prometheus, Alertmanager and the exporters (cluster/monitoring.py), under supervisord.
+
+    Prometheus and Alertmanager run where the applications run (on one machine: there); a
+    node exporter on every host, a postgres_exporter beside every PostgreSQL node, the backup
+    scheduler on the first application host. Every one listens on its host's address only.
+    """
+
+    enabled: bool = True
+    prometheus_port: Port = 9090
+    alertmanager_port: Port = 9093
+    alertmanager_cluster_port: Port = 9094  # Alertmanagers of several hosts deduplicate
+    node_exporter_port: Port = 9100
+    postgres_exporter_port: Port = 9187  # the first node's; node i gets this + i
+    scheduler_port: Port = 9180  # the backup scheduler's /metrics
+    retention: Annotated[str, Field(pattern=r"^\d+(h|d|w|y)$")] = "15d"
+    scrape_interval_s: Annotated[int, Field(ge=1, le=300)] = 10
+    # A condition must hold this long before its alert fires (a blip is not paged)
+    alert_for_s: Annotated[int, Field(ge=0, le=3600)] = 30
+    # Thresholds: the guide's "replication lag > 5 seconds", free disk on any volume holding a
+    # node's data and WAL or the backups, connections against max_connections, the
+    # applications' share of 5xx answers and their p99 latency, WAL waiting to be archived.
+    lag_max_s: Annotated[float, Field(gt=0)] = 5.0
+    disk_free_min_percent: Annotated[float, Field(ge=0, le=100)] = 10.0
+    connections_max_percent: Annotated[float, Field(gt=0, le=100)] = 80.0
+    error_ratio_max: Annotated[float, Field(gt=0, le=1)] = 0.05
+    p99_max_s: Annotated[float, Field(gt=0)] = 1.0
+    archive_ready_max: Annotated[int, Field(ge=1)] = 8  # WAL segments not archived yet
+    failover_window_m: Annotated[int, Field(ge=1, le=1440)] = 15  # "a failover happened" lasts
+    # Where Alertmanager delivers (a POST of its webhook JSON); unset: shown by 'alerts' only
+    webhook_url: Annotated[str, Field(pattern=r"^https?://\S+$")] | None = None
+    group_wait_s: Annotated[int, Field(ge=0, le=600)] = 10
+    repeat_interval: Annotated[str, Field(pattern=r"^\d+(s|m|h)$")] = "4h"
+
+
 class DrillSpec(_Strict):
     """How `failover-test --fault isolate-host|lose-host` acts on a host of a cluster file.
 
@@ -365,6 +402,7 @@ class Settings(_Strict):
     drill: DrillSpec = Field(default_factory=DrillSpec)
     tls: TLSSpec = Field(default_factory=TLSSpec)
     storage: StorageSpec = Field(default_factory=StorageSpec)
+    monitoring: MonitoringSpec = Field(default_factory=MonitoringSpec)
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
@@ -501,6 +539,8 @@ class Settings(_Strict):
             ports["haproxy stats"] = self.haproxy.stats_port
         if host.apps:
             ports.update(self.app_ports())
+        if self.monitoring.enabled:
+            ports.update(self.monitoring_ports_on(host))
         if self.storage.backend == "seaweedfs":
             ports.update(
                 self.storage.seaweedfs_ports(
@@ -509,6 +549,37 @@ class Settings(_Strict):
                     len(self.storage_server_hosts()) > 1,
                 )
             )
+        return ports
+
+    def monitoring_hosts(self) -> list[HostSpec]:
+        """Where Prometheus and Alertmanager run: the application hosts (else the first)."""
+        if not self.monitoring.enabled:
+            return []
+        hosts = self.topology_hosts()
+        return [h for h in hosts if h.apps] or hosts[:1]
+
+    def scheduler_host(self) -> HostSpec | None:
+        """Where the backup scheduler runs: the first monitoring host."""
+        hosts = self.monitoring_hosts()
+        return hosts[0] if hosts else None
+
+    def exporter_port(self, node: NodeSpec) -> int:
+        if node.exporter_port is not None:
+            return node.exporter_port
+        return self.monitoring.postgres_exporter_port + self.nodes.index(node)
+
+    def monitoring_ports_on(self, host: HostSpec) -> dict[str, int]:
+        m = self.monitoring
+        ports = {"node exporter": m.node_exporter_port}
+        for node in self.nodes_on(host):
+            ports[f"{node.name} (postgres exporter)"] = self.exporter_port(node)
+        if host in self.monitoring_hosts():
+            ports["prometheus"] = m.prometheus_port
+            ports["alertmanager"] = m.alertmanager_port
+            if len(self.monitoring_hosts()) > 1:
+                ports["alertmanager cluster"] = m.alertmanager_cluster_port
+        if host == self.scheduler_host():
+            ports["backup scheduler"] = m.scheduler_port
         return ports
 
     def runs_storage_servers(self, host: HostSpec) -> bool:
@@ -705,6 +776,14 @@ PORT_KEYS: dict[str, tuple[str, ...]] = {
         "s3_port",
         "s3_grpc_port",
     ),
+    "monitoring": (
+        "prometheus_port",
+        "alertmanager_port",
+        "alertmanager_cluster_port",
+        "node_exporter_port",
+        "postgres_exporter_port",
+        "scheduler_port",
+    ),
 }
 
 
@@ -725,7 +804,8 @@ def _shift_ports(tree: dict[str, Any], sources: Mapping[str, str]) -> None:
     places: list[tuple[dict[str, Any], str, str]] = []
     for i, node in enumerate(tree.get("nodes") or []):
         if isinstance(node, dict):
-            places += [(node, k, f"nodes.{i}.{k}") for k in ("port", "api_port") if k in node]
+            node_keys = ("port", "api_port", "exporter_port")
+            places += [(node, k, f"nodes.{i}.{k}") for k in node_keys if k in node]
     for section, keys in PORT_KEYS.items():
         table = tree.get(section)
         if isinstance(table, dict):

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from rich.markup import escape
 from rich.table import Table
 
 from videodb.backup_repo import BackupInfo
 from videodb.backups.progress import size
+from videodb.backups.schedule import ScheduledRun
 from videodb.cluster.drill import DrillReport
 from videodb.cluster.haproxy_stats import ServerStatus
 from videodb.cluster.members import HistoryEntry, Member
@@ -172,6 +174,21 @@ def backups_table(infos: list[BackupInfo], repo: str, wal_bytes: int) -> Table:
             i.end_lsn or "-",
             size(i.size_bytes),
             verified,
+        )
+    return table
+
+
+def scheduled_runs_table(runs: list[ScheduledRun]) -> Table:
+    table = Table(title="scheduled runs (newest last)", title_justify="left")
+    for column in ("kind", "started (UTC)", "finished", "outcome", "backup / error"):
+        table.add_column(column)
+    for r in runs:
+        table.add_row(
+            r.kind,
+            r.started_at[:19].replace("T", " "),
+            r.finished_at[11:19],
+            "[green]ok[/]" if r.ok else "[red]FAILED[/]",
+            r.backup_id or escape(r.error),
         )
     return table
 

@@ -141,7 +141,11 @@ def test_supervisor_runs_servers_as_service_user_and_can_hold_back_nodes() -> No
     text = render.supervisor_config(
         Settings(), LAYOUT, TOOLS, user, frozenset({"postgres-video-slave"})
     )
-    assert text.count("user=postgres") == 7  # etcd, 2 nodes, HAProxy, 3 applications
+    # etcd, 2 nodes, HAProxy, 3 applications; the node exporter, 2 postgres exporters,
+    # Prometheus and Alertmanager. The backup scheduler reads the secrets: the invoking user.
+    assert text.count("user=postgres") == 12
+    scheduler = text.split("[program:backup-scheduler]")[1].split("[program:")[0]
+    assert "user=" not in scheduler and "videodb.backups.scheduler" in scheduler
     slave = text.split("[program:postgres-video-slave]")[1].split("[program:")[0]
     master = text.split("[program:postgres-video-master]")[1].split("[program:")[0]
     assert "autostart=false" in slave and "autostart=true" in master

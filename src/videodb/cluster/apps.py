@@ -11,14 +11,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from videodb.cluster import render, seaweedfs
+from videodb.cluster import monitoring, render, seaweedfs
 from videodb.cluster.preflight import find_toolchain
 from videodb.cluster.supervisor import Supervisor, supervisord_pid
 from videodb.config import Settings
 from videodb.errors import NotRunningError, PrerequisiteError, TimeoutExpired
 from videodb.layout import ServiceUser, StateLayout, service_user, traversable_by
 from videodb.ports import port_holder, port_is_free
-from videodb.secrets import write_private
+from videodb.secrets import load_secrets, write_private
 from videodb.services.runtime import AppConfig, storage_dir
 from videodb.services.storage import StoreUnavailableError
 from videodb.services.stores import open_store
@@ -49,7 +49,10 @@ def write_app_files(settings: Settings, layout: StateLayout, user: ServiceUser) 
     """conf/apps.json (0600, the service user's) and the local storage directory."""
     local_dir = storage_dir(settings, layout)
     config = AppConfig.for_platform(
-        settings, layout, seaweedfs.store_settings(settings, layout, local_dir)
+        settings,
+        layout,
+        seaweedfs.store_settings(settings, layout, local_dir),
+        monitoring.ops_settings(settings, layout),
     )
     if config.storage.backend == "local":
         _prepare_local_storage(local_dir, user)
@@ -154,6 +157,7 @@ def ensure_programs(settings: Settings, layout: StateLayout, supervisor: Supervi
     this = settings.this_host()
     wanted = set(render.APP_PROGRAMS) if this.apps else set()
     wanted |= {p.name for p in seaweedfs.programs(settings, layout, this)}
+    wanted |= {p.name for p in monitoring.programs(settings, layout, this)}
     if wanted <= {p.name for p in supervisor.programs()}:
         return []
     tools, problems = find_toolchain(settings)
@@ -161,6 +165,7 @@ def ensure_programs(settings: Settings, layout: StateLayout, supervisor: Supervi
         raise PrerequisiteError("cannot start:\n  " + "\n  ".join(problems))
     user = service_user()
     seaweedfs.prepare(settings, layout, user)
+    monitoring.prepare(settings, layout, user, load_secrets(layout).superuser_password)
     text = render.supervisor_config(settings, layout, tools, user)
     layout.supervisor_config().write_text(text, encoding="utf-8")
     added, _ = supervisor.apply_config()

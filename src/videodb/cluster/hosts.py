@@ -21,11 +21,12 @@ from typing import Any
 
 import yaml
 
-from videodb.cluster import etcd_members
+from videodb.cluster import etcd_members, monitoring
 from videodb.cluster.haproxy_admin import reload_haproxy
 from videodb.cluster.patroni_api import PatroniAPI
 from videodb.cluster.render import Toolchain
 from videodb.cluster.state import prepare_state, validate_haproxy
+from videodb.cluster.supervisor import Supervisor
 from videodb.config import Settings
 from videodb.errors import ClusterError, ConfigError
 from videodb.layout import ServiceUser, StateLayout
@@ -104,7 +105,9 @@ def reapply(
     restart: Patroni reloads (pg_hba, etcd hosts, parameters), HAProxy reloads gracefully."""
     local = settings.local_nodes()
     patroni_files = {n.name: layout.patroni_config(n.name) for n in local}
-    before = _snapshot([*patroni_files.values(), layout.haproxy_config()])
+    watched = monitoring.watched_files(settings, layout)
+    monitor_files = [p for files in watched.values() for p in files]
+    before = _snapshot([*patroni_files.values(), layout.haproxy_config(), *monitor_files])
     prepare_state(settings, layout, user, tools)
     after = _snapshot(list(before))
     changes: list[str] = []
@@ -121,6 +124,9 @@ def reapply(
         validate_haproxy(tools, layout)
         reload_haproxy(layout)
         changes.append("HAProxy reloaded with the new servers (its connections stay open)")
+    touched = [n for n, files in watched.items() if any(before[p] != after[p] for p in files)]
+    if touched:
+        changes += monitoring.apply_changes(layout, touched, Supervisor(layout))
     return changes
 
 

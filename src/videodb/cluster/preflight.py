@@ -6,6 +6,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from videodb.cluster.monitoring import missing_binaries
 from videodb.cluster.render import Toolchain
 from videodb.config import Settings
 from videodb.errors import PrerequisiteError
@@ -68,6 +69,13 @@ def find_toolchain(settings: Settings) -> tuple[Toolchain | None, list[str]]:
                     f"{media_tool} not found (the upload service reads each video's duration "
                     "and makes its poster with it); install it with 'apt-get install -y ffmpeg'"
                 )
+    for program in missing_binaries(settings):
+        problems.append(
+            f"{program} not found (monitoring: Prometheus, Alertmanager and their exporters); "
+            "install Debian's prometheus, prometheus-alertmanager, prometheus-node-exporter and "
+            "prometheus-postgres-exporter (./scripts/platform.sh does), or turn it off with "
+            "--set monitoring.enabled=false"
+        )
     if problems or etcd is None or haproxy is None:
         return None, problems
     return (
@@ -122,7 +130,18 @@ def _port_key(settings: Settings, what: str) -> str:
         number = what.split()[2]
         key = "volume_grpc_ports" if what.endswith("grpc") else "volume_ports"
         return f"storage.{key}.{int(number) - 1}"
+    monitoring = {
+        "prometheus": "monitoring.prometheus_port",
+        "alertmanager": "monitoring.alertmanager_port",
+        "alertmanager cluster": "monitoring.alertmanager_cluster_port",
+        "node exporter": "monitoring.node_exporter_port",
+        "backup scheduler": "monitoring.scheduler_port",
+    }
+    if what in monitoring:
+        return monitoring[what]
     for i, node in enumerate(settings.nodes):
+        if what == f"{node.name} (postgres exporter)":
+            return f"nodes.{i}.exporter_port"
         if what == f"{node.name} (postgres)":
             return f"nodes.{i}.port"
         if what == f"{node.name} (patroni api)":

@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from videodb.cluster.monitoring import programs as monitoring_programs
 from videodb.cluster.seaweedfs import programs as seaweedfs_programs
 from videodb.config import HostSpec, NodeSpec, Settings
 from videodb.layout import ServiceUser, StateLayout, TLSFiles, tls_files
@@ -479,13 +480,23 @@ def supervisor_config(
     env = f'environment=HOME="{layout.root}",LC_ALL="C.UTF-8",LANG="C.UTF-8"\n'
 
     def program(
-        name: str, argv: list[str], stopwait: int, priority: int, autostart: bool = True
+        name: str,
+        argv: list[str],
+        stopwait: int,
+        priority: int,
+        autostart: bool = True,
+        extra_env: dict[str, str] | None = None,
+        service: bool = True,
     ) -> str:
         start = "false" if name in held_back or not autostart else "true"
+        environment = env
+        if extra_env:
+            more = ",".join(f'{k}="{v}"' for k, v in extra_env.items())
+            environment = env.rstrip("\n") + "," + more.replace("%", "%%") + "\n"
         return (
             f"[program:{name}]\n"
-            f"command={shlex.join(argv)}\n"
-            f"{as_user}{env}"
+            f"command={shlex.join(argv).replace('%', '%%')}\n"
+            f"{as_user if service else ''}{environment}"
             f"priority={priority}\n"
             f"autostart={start}\n"
             "autorestart=true\n"
@@ -536,6 +547,10 @@ def supervisor_config(
         text += program(HAPROXY_PROGRAM, haproxy_argv, 10, 30)
     for weed in seaweedfs_programs(settings, layout, this):
         text += program(weed.name, weed.argv, weed.stop_wait_s, 35)
+    for watcher in monitoring_programs(settings, layout, this):
+        text += program(
+            watcher.name, watcher.argv, 10, 45, extra_env=watcher.env, service=watcher.service_user
+        )
     if this.apps:
         # The applications start after the cluster is healthy and the schema migrated.
         config = layout.apps_config()

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from videodb.backup_repo import ready_repo, repo_for
-from videodb.cluster import render, seaweedfs
+from videodb.cluster import monitoring, render, seaweedfs
 from videodb.cluster.tls import ensure_host_certs, same_cluster
 from videodb.config import Settings
 from videodb.errors import ClusterError
@@ -113,6 +113,7 @@ def prepare_state(
         if not state.exists():  # nothing saved yet: an empty state of format version 1
             state.write_text("1\n", encoding="utf-8")
     seaweedfs.prepare(settings, layout, user)
+    monitoring.prepare(settings, layout, user, secrets.superuser_password)
     layout.supervisor_config().write_text(
         render.supervisor_config(settings, layout, tools, user, held_back, etcd_join),
         encoding="utf-8",

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from videodb.cluster import seaweedfs
+from videodb.cluster import monitoring, seaweedfs
 from videodb.cluster.apps import app_states, readiness
 from videodb.cluster.haproxy_stats import ServerStatus, fetch_server_status
 from videodb.cluster.health import etcd_member_healthy
@@ -119,6 +119,7 @@ def platform_status(settings: Settings, layout: StateLayout) -> PlatformStatus:
         if host.haproxy:
             status.services.append(_haproxy(settings, host, programs if local else None))
         status.services += _storage(settings, layout, host, programs if local else None)
+        status.services += _monitoring(settings, layout, host, programs if local else None)
         if host.apps:
             status.services += _apps(settings, layout, host, local)
     return status
@@ -145,6 +146,33 @@ def _storage(
                 pid,
                 dict(weed.ports),
                 detail="answering" if up else f"not answering on port {weed.ports['http']}",
+                host=host.name,
+            )
+        )
+    return found
+
+
+def _monitoring(
+    settings: Settings,
+    layout: StateLayout,
+    host: HostSpec,
+    programs: dict[str, ProgramStatus] | None,
+) -> list[ServiceStatus]:
+    """Prometheus, Alertmanager, the exporters and the backup scheduler on `host`: healthy when
+    running and answering on their port."""
+    found = []
+    for watcher in monitoring.programs(settings, layout, host):
+        state, pid = _program(programs, watcher.name)
+        up = state in ("RUNNING", REMOTE) and seaweedfs.answers(host.address, watcher.port)
+        found.append(
+            ServiceStatus(
+                watcher.name,
+                "monitoring",
+                state,
+                up,
+                pid,
+                {"http": watcher.port},
+                detail="answering" if up else f"not answering on port {watcher.port}",
                 host=host.name,
             )
         )

@@ -22,6 +22,7 @@ from videodb.db.layer import DB_ERRORS
 from videodb.db.web import publish_token, request_token, writer_dependency
 from videodb.services.base import create_app
 from videodb.services.models import Video
+from videodb.services.ops import add_ops_routes
 from videodb.services.runtime import AppConfig
 from videodb.services.storage import StoreUnavailableError
 from videodb.services.stores import open_store
@@ -91,6 +92,8 @@ def build_app(config: AppConfig, layer: DataLayer | None = None) -> FastAPI:
         "metadata", layer, description=DESCRIPTION, ready_on="reader", on_shutdown=[close_store]
     )
     writer = writer_dependency(layer)
+
+    add_ops_routes(app, config.ops)
 
     @app.get("/", include_in_schema=False)
     def page() -> HTMLResponse:

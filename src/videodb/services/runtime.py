@@ -16,6 +16,7 @@ from videodb.config import ServiceName, Settings
 from videodb.db import DataSourceSettings
 from videodb.errors import ConfigError
 from videodb.layout import StateLayout
+from videodb.services.ops import OpsSettings
 from videodb.services.stores import StoreSettings
 
 SERVICES: tuple[ServiceName, ...] = ("upload", "metadata", "streaming")
@@ -30,14 +31,20 @@ class AppConfig(BaseModel):
     datasource: DataSourceSettings
     storage: StoreSettings
     max_upload_bytes: Annotated[int, Field(ge=1)]
+    ops: OpsSettings = Field(default_factory=OpsSettings)
     view_flush_s: Annotated[float, Field(gt=0)] = 2.0
     idempotency_ttl_s: Annotated[float, Field(gt=0)] = 24 * 3600.0
 
     @classmethod
     def for_platform(
-        cls, settings: Settings, layout: StateLayout, storage: StoreSettings
+        cls,
+        settings: Settings,
+        layout: StateLayout,
+        storage: StoreSettings,
+        ops: OpsSettings | None = None,
     ) -> AppConfig:
-        """`storage`: how this host reaches the videos' store (cluster/seaweedfs.py)."""
+        """`storage`: how this host reaches the videos' store (cluster/seaweedfs.py); `ops`:
+        where the operations page reads from (cluster/monitoring.py)."""
         a = settings.apps
         return cls(
             host=settings.address,
@@ -47,6 +54,7 @@ class AppConfig(BaseModel):
                 settings, password_file=layout.app_password_file()
             ),
             storage=storage,
+            ops=ops or OpsSettings(),
             max_upload_bytes=a.max_upload_mb * 1024 * 1024,
             view_flush_s=a.view_flush_s,
             idempotency_ttl_s=a.idempotency_ttl_h * 3600,
