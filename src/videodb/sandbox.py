@@ -37,7 +37,19 @@ PORT_KEYS = (
     "storage.filer_grpc_port",
     "storage.s3_port",
     "storage.s3_grpc_port",
+    "nodes.0.exporter_port",
+    "nodes.1.exporter_port",
+    "monitoring.prometheus_port",
+    "monitoring.alertmanager_port",
+    "monitoring.alertmanager_cluster_port",
+    "monitoring.node_exporter_port",
+    "monitoring.postgres_exporter_port",
+    "monitoring.scheduler_port",
 )
+
+# A test's platform runs no monitoring unless it asks (`monitoring="enabled = true"`): five
+# more processes scraping every second would slow every other test on two cores.
+MONITORING_OFF = "enabled = false"
 
 
 def make_workdir(prefix: str) -> Path:
@@ -47,11 +59,17 @@ def make_workdir(prefix: str) -> Path:
     return path
 
 
-def write_sandbox_config(workdir: Path, extra: str = "", apps: str = "", storage: str = "") -> Path:
+def write_sandbox_config(
+    workdir: Path,
+    extra: str = "",
+    apps: str = "",
+    storage: str = "",
+    monitoring: str = MONITORING_OFF,
+) -> Path:
     """A config file with every port free and the state directory inside `workdir`.
 
-    `extra` is appended (whole TOML tables); `apps` and `storage` are more lines of the [apps]
-    and [storage] tables (e.g. 'backend = "seaweedfs"').
+    `extra` is appended (whole TOML tables); `apps`, `storage` and `monitoring` are more lines
+    of the [apps], [storage] and [monitoring] tables (e.g. 'backend = "seaweedfs"').
     """
     v = dict(zip(PORT_KEYS, free_ports(len(PORT_KEYS)), strict=True))
     text = f"""state_dir = "{workdir / "state"}"
@@ -59,10 +77,12 @@ def write_sandbox_config(workdir: Path, extra: str = "", apps: str = "", storage
 name = "postgres-video-master"
 port = {v["nodes.0.port"]}
 api_port = {v["nodes.0.api_port"]}
+exporter_port = {v["nodes.0.exporter_port"]}
 [[nodes]]
 name = "postgres-video-slave"
 port = {v["nodes.1.port"]}
 api_port = {v["nodes.1.api_port"]}
+exporter_port = {v["nodes.1.exporter_port"]}
 [etcd]
 client_port = {v["etcd.client_port"]}
 peer_port = {v["etcd.peer_port"]}
@@ -86,6 +106,14 @@ filer_grpc_port = {v["storage.filer_grpc_port"]}
 s3_port = {v["storage.s3_port"]}
 s3_grpc_port = {v["storage.s3_grpc_port"]}
 {storage}
+[monitoring]
+prometheus_port = {v["monitoring.prometheus_port"]}
+alertmanager_port = {v["monitoring.alertmanager_port"]}
+alertmanager_cluster_port = {v["monitoring.alertmanager_cluster_port"]}
+node_exporter_port = {v["monitoring.node_exporter_port"]}
+postgres_exporter_port = {v["monitoring.postgres_exporter_port"]}
+scheduler_port = {v["monitoring.scheduler_port"]}
+{monitoring}
 {extra}"""
     path = workdir / "platform.toml"
     path.write_text(text)
@@ -102,7 +130,12 @@ class Sandbox:
 
 @contextmanager
 def sandbox(
-    prefix: str = "videodb-", extra: str = "", keep: bool = False, apps: str = "", storage: str = ""
+    prefix: str = "videodb-",
+    extra: str = "",
+    keep: bool = False,
+    apps: str = "",
+    storage: str = "",
+    monitoring: str = MONITORING_OFF,
 ) -> Iterator[Sandbox]:
     """Config and directories for a platform of its own; removed afterwards unless `keep`.
 
@@ -110,7 +143,7 @@ def sandbox(
     before it is removed).
     """
     workdir = make_workdir(prefix)
-    config_file = write_sandbox_config(workdir, extra, apps, storage)
+    config_file = write_sandbox_config(workdir, extra, apps, storage, monitoring)
     settings = load_settings(config_file, env={}, require_file=True).settings
     try:
         yield Sandbox(workdir, config_file, settings, StateLayout(workdir / "state"))

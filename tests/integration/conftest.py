@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.integration.chromium import browser  # noqa: F401 (a fixture: headless Chromium)
 from tests.integration.harness import RunningCluster, cluster_lifecycle, ensure_guide_roles
 
 

@@ -25,7 +25,7 @@ from videodb.cluster.supervisor import Supervisor, pid_alive, supervisord_pid
 from videodb.cluster.topology import with_extra_nodes
 from videodb.config import Settings, load_settings
 from videodb.layout import StateLayout
-from videodb.sandbox import make_workdir, write_sandbox_config
+from videodb.sandbox import MONITORING_OFF, make_workdir, write_sandbox_config
 from videodb.secrets import APP_FILE, ClusterSecrets, load_secrets
 from videodb.waiting import wait_for
 
@@ -188,11 +188,15 @@ def alive(pid: int) -> bool:
 
 @contextmanager
 def cluster_lifecycle(
-    request: pytest.FixtureRequest, prefix: str, extra_toml: str = "", apps_toml: str = ""
+    request: pytest.FixtureRequest,
+    prefix: str,
+    extra_toml: str = "",
+    apps_toml: str = "",
+    monitoring_toml: str = MONITORING_OFF,
 ) -> Iterator[RunningCluster]:
     """Start a cluster through the CLI; stop it by its pids; keep its logs if a test failed."""
     workdir = make_workdir(prefix)
-    config_file = write_sandbox_config(workdir, extra_toml, apps_toml)
+    config_file = write_sandbox_config(workdir, extra_toml, apps_toml, monitoring=monitoring_toml)
     loaded = load_settings(config_file, env={}, require_file=True)
     running = RunningCluster(config_file, loaded.settings, StateLayout(workdir / "state"))
     failed_before = request.session.testsfailed

@@ -67,8 +67,12 @@ def cluster_toml(
     db_hosts: tuple[str, ...],
     extra: str = "",
     app_hosts: tuple[str, ...] = (APP_HOST,),
+    monitoring: str = "enabled = false",
 ) -> str:
+    """`monitoring`: the [monitoring] table's lines (off unless a test turns it on)."""
     lines = [
+        "[monitoring]",
+        monitoring,
         "[patroni]",
         'replication = "sync"',
         "[postgresql.parameters]",
