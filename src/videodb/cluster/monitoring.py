@@ -114,6 +114,9 @@ FS_TYPES_EXCLUDE = (
 )
 
 
+RESEND_DELAY_S = 10
+
+
 def exporter_program(node: NodeSpec) -> str:
     return f"{node.name}-exporter"
 
@@ -220,6 +223,10 @@ def programs(settings: Settings, layout: StateLayout, host: HostSpec) -> list[Mo
                     f"--storage.tsdb.path={data / 'prometheus'}",
                     f"--storage.tsdb.retention.time={m.retention}",
                     f"--web.listen-address={addr}:{m.prometheus_port}",
+                    # Alerts go to Alertmanager again every 10 s (not 1 min): a reload leaves
+                    # the notifier without Alertmanagers for a moment, and what it sends then
+                    # is lost until the next resend (measured: 60 s late after every reload).
+                    f"--rules.alert.resend-delay={RESEND_DELAY_S}s",
                     "--web.console.templates=/nonexistent",
                     "--web.console.libraries=/nonexistent",
                 ],
