@@ -873,3 +873,65 @@ def test_videos_stored_across_hosts_stream_from_another_application_host(
     }
     assert all(x["healthy"] for x in storage_servers), storage_servers
     assert status["healthy"], status
+
+
+def test_monitoring_across_hosts_scrapes_every_host_and_alerts_name_the_node(
+    sim: SimCluster,
+) -> None:
+    """Monitoring turned on in the cluster file and applied to the running hosts: each
+    application host's Prometheus scrapes every host's exporters and Patronis, and a replica
+    stopped on a database host fires an alert naming that node, seen from either application
+    host."""
+    wait_healthy(sim)
+    db_hosts = tuple(_db_hosts(sim))
+    storage = '[storage]\nbackend = "seaweedfs"\n'
+    drill = drill_toml(sim.net, sim.cluster_file)
+    monitoring = "enabled = true\nscrape_interval_s = 2\nalert_for_s = 2"
+    sim.cluster_file.write_text(
+        cluster_toml(
+            sim.net, db_hosts, drill + storage, app_hosts=(APP_HOST, APP2), monitoring=monitoring
+        )
+    )
+    applied = sim.run_all((*db_hosts, APP_HOST, APP2), "start", "video")
+    assert all(r.rc == 0 for r in applied.values()), applied
+    assert "started prometheus" in applied[APP_HOST].stdout, applied[APP_HOST]
+    assert "started node-exporter" in applied[db_hosts[0]].stdout, applied[db_hosts[0]]
+    settings = sim.settings(APP_HOST)
+    port = settings.monitoring.prometheus_port
+
+    def targets() -> list[dict[str, Any]] | None:
+        url = f"http://{sim.net.hosts[APP_HOST].address}:{port}/api/v1/targets"
+        found = httpx.get(url, timeout=10).json()["data"]["activeTargets"]
+        return found if found and all(t["health"] == "up" for t in found) else None
+
+    up = sim.call(APP_HOST, lambda: wait_for(targets, timeout=90, what="every target up"))
+    by_job: dict[str, set[str]] = {}
+    for t in up:
+        by_job.setdefault(t["labels"]["job"], set()).add(t["labels"]["host"])
+    assert by_job["node"] == {*db_hosts, APP_HOST, APP2}, by_job
+    assert by_job["postgres"] == set(db_hosts) and by_job["patroni"] == set(db_hosts), by_job
+    assert by_job["etcd"] == set(db_hosts) and by_job["prometheus"] == {APP_HOST, APP2}, by_job
+
+    replica = next(m for m in sim.cli_json(APP_HOST, "list") if m["role"] != "leader")
+    where = next(n.host for n in settings.nodes if n.name == replica["name"])
+    assert where is not None
+    Supervisor(sim.layout(where)).stop_program(replica["name"])
+    try:
+        for host in (APP_HOST, APP2):
+
+            def fires(host: str = host) -> list[dict[str, Any]] | None:
+                found = sim.cli_json(host, "alerts")
+                hits = [
+                    a
+                    for a in found
+                    if a["name"] == "ReplicaNotStreaming"
+                    and a["state"] == "firing"
+                    and a["labels"]["node"] == replica["name"]
+                ]
+                return hits or None
+
+            hit = wait_for(fires, timeout=90, what=f"the alert seen from {host}", interval=1.0)
+            assert hit[0]["labels"]["host"] == where, hit
+    finally:
+        Supervisor(sim.layout(where)).start_program(replica["name"])
+    wait_healthy(sim)

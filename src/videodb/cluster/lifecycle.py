@@ -19,6 +19,7 @@ from videodb.cluster.health import (
     sync_standby_chosen,
 )
 from videodb.cluster.hosts import etcd_join, promote_when_in_sync, reapply
+from videodb.cluster.monitoring import wait_ready
 from videodb.cluster.patroni_api import PatroniAPI
 from videodb.cluster.pg import ensure_application_database
 from videodb.cluster.postmaster import pg_ctl_stop, postmaster_pid
@@ -137,6 +138,9 @@ def start(
             f"{exc}; the platform is left running for inspection: see 'platform.sh status' and "
             f"'platform.sh logs <service>', or 'platform.sh stop'"
         ) from exc
+    if settings.monitoring.enabled:
+        progress("waiting for the monitoring (Prometheus, Alertmanager, exporters)")
+        wait_ready(settings, layout, _remaining(deadline))
     report = check_health(settings, check_haproxy=False)
     log.info("started %s: primary %s", layout.root, report.primary)
     return StartResult(False, layout.root, time.monotonic() - began, report.primary, warnings)

@@ -18,6 +18,8 @@ import json
 import os
 import shutil
 import sys
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,7 @@ from videodb.config import HostSpec, NodeSpec, Settings
 from videodb.layout import ServiceUser, StateLayout, tls_files
 from videodb.secrets import write_private
 from videodb.services.ops import OpsSettings
+from videodb.waiting import wait_for
 
 PROMETHEUS = "prometheus"
 ALERTMANAGER = "alertmanager"
@@ -488,6 +491,29 @@ def ops_settings(settings: Settings, layout: StateLayout) -> OpsSettings:
         ca_file=str(tls_files(layout).ca),
         step_s=max(settings.monitoring.scrape_interval_s, 5),
     )
+
+
+def wait_ready(settings: Settings, layout: StateLayout, timeout: float) -> None:
+    """Until this host's monitoring programs answer (Prometheus and Alertmanager: ready)."""
+    host = settings.this_host()
+    for program in programs(settings, layout, host):
+        url = f"http://{target(host.address, program.port)}"
+        url += "/-/ready" if program.name in (PROMETHEUS, ALERTMANAGER) else "/metrics"
+
+        def answers(url: str = url) -> bool:
+            try:
+                with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310
+                    return bool(response.status == 200)
+            except (urllib.error.URLError, OSError):
+                return False
+
+        wait_for(
+            answers,
+            timeout=timeout,
+            what=f"{program.name} answering on {url}",
+            interval=0.1,
+            hint=f"see 'platform.sh logs {program.name}'",
+        )
 
 
 def watched_files(settings: Settings, layout: StateLayout) -> dict[str, list[Path]]:
