@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from videodb.cluster import monitoring, seaweedfs
 from videodb.cluster.patroni_api import PatroniAPI
 from videodb.cluster.render import APP_PROGRAMS, ETCD_PROGRAM, HAPROXY_PROGRAM
 from videodb.config import Settings
@@ -32,19 +33,22 @@ def psql_command(
     return argv, env
 
 
-def services(settings: Settings) -> list[str]:
+def services(settings: Settings, layout: StateLayout) -> list[str]:
+    this = settings.this_host()
     return [
         *(n.name for n in settings.nodes),
         HAPROXY_PROGRAM,
         ETCD_PROGRAM,
         *APP_PROGRAMS,
+        *(p.name for p in seaweedfs.programs(settings, layout, this)),
+        *(p.name for p in monitoring.programs(settings, layout, this)),
         "supervisord",
         "cli",  # what the CLI's state-changing commands did
     ]
 
 
 def log_files(settings: Settings, layout: StateLayout, service: str) -> list[Path]:
-    known = services(settings)
+    known = services(settings, layout)
     if service not in known:
         raise ConfigError(f"no service {service!r}; the services are: {', '.join(known)}")
     files = [layout.program_log(service)]
