@@ -127,9 +127,9 @@ def test_tokens_never_read_stale_data_while_replay_is_delayed(
     try:
         # A delay the token wait (100 ms) covers: reads wait on the replica, then run there.
         set_apply_delay(cluster, "30ms")
-        stale, served = write_then_read(layer, 400, with_token=True)
+        stale, served = write_then_read(layer, 200, with_token=True)
         assert stale == 0, served
-        assert served["replica"] > 40, served
+        assert served["replica"] > 20, served
         stale, served = write_then_read(layer, 150, with_token=True, via="fetch")
         assert stale == 0 and served["replica"] > 15, served
         # the check went out with the read (one round trip); a node found behind was read again
@@ -146,9 +146,9 @@ def test_tokens_never_read_stale_data_while_replay_is_delayed(
         fallbacks_before = (
             layer.registry.get_sample_value("videodb_reads_total", {"served_by": "writer"}) or 0.0
         )
-        stale, served = write_then_read(layer, 200, with_token=True)
+        stale, served = write_then_read(layer, 100, with_token=True)
         assert stale == 0, served
-        assert served["writer"] > 40 and served["replica"] == 0, served
+        assert served["writer"] > 20 and served["replica"] == 0, served
         fallbacks = layer.registry.get_sample_value("videodb_reads_total", {"served_by": "writer"})
         assert fallbacks == fallbacks_before + served["writer"]  # the metric counts them
         stale, served = write_then_read(layer, 100, with_token=True, via="fetch")

@@ -362,6 +362,9 @@ def test_replicas_whose_replay_lags_leave_the_read_port_and_the_direct_reader(
     )
 
 
+# Slow (80-130 s): the default run rotates every credential under load on one host
+# (test_tls.py::test_every_rotation_under_load_fails_no_request_and_keeps_the_timeline).
+@pytest.mark.slow
 def test_rotations_across_hosts_fail_no_request_and_keep_the_timeline(
     sim: SimCluster, tmp_path: Path
 ) -> None:

@@ -24,8 +24,10 @@ import argparse
 import contextlib
 import json
 import logging
+import signal
 import time
 from pathlib import Path
+from types import FrameType
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
@@ -179,6 +181,13 @@ class Scheduler:
             self.metrics.run_ok.labels(run.kind).set(1 if run.ok else 0)
 
 
+def _stop(signum: int, _: FrameType | None) -> None:
+    """supervisord stops the scheduler: a backup under way is abandoned the way an interrupted
+    'backup-video' is (its tool stopped, nothing half-copied kept)."""
+    log.info("signal %d: stopping", signum)
+    raise SystemExit(0)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Run the backup schedule of one state directory.")
     parser.add_argument("--settings", type=Path, required=True)
@@ -193,6 +202,7 @@ def main(argv: list[str] | None = None) -> None:
         addr=settings.address,
         registry=scheduler.metrics.registry,
     )
+    signal.signal(signal.SIGTERM, _stop)
     log.info(
         "backup scheduler of %s, metrics on %s:%d",
         args.state,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import pwd
 import shutil
 import sys
 import urllib.error
@@ -468,8 +469,6 @@ def prepare(
 
 
 def _invoking() -> ServiceUser:
-    import pwd
-
     entry = pwd.getpwuid(os.geteuid())
     return ServiceUser(entry.pw_name, entry.pw_uid, entry.pw_gid)
 
@@ -502,7 +501,7 @@ def wait_ready(settings: Settings, layout: StateLayout, timeout: float) -> None:
 
         def answers(url: str = url) -> bool:
             try:
-                with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310
+                with urllib.request.urlopen(url, timeout=1) as response:
                     return bool(response.status == 200)
             except (urllib.error.URLError, OSError):
                 return False
