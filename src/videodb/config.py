@@ -132,13 +132,15 @@ class DatabaseSpec(_Strict):
     app_password: SecretStr = SecretStr(DEV_APP_PASSWORD)
     superuser: Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]{0,62}$")] = "postgres"
     replication_user: Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]{0,62}$")] = "replicator"
+    # The exporters' role: pg_monitor only, logs in with a client certificate (no password)
+    monitor_user: Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]{0,62}$")] = "videodb_monitor"
 
     @model_validator(mode="after")
     def _distinct_roles(self) -> DatabaseSpec:
-        names = [self.app_user, self.superuser, self.replication_user]
+        names = [self.app_user, self.superuser, self.replication_user, self.monitor_user]
         if len(set(names)) != len(names):
             raise ValueError(
-                f"app_user, superuser and replication_user must differ, got {names}; "
+                f"app_user, superuser, replication_user and monitor_user must differ, got {names}; "
                 "each role has its own privileges"
             )
         if not self.app_password.get_secret_value():

@@ -204,8 +204,20 @@ class TLSFiles:
     def replicator_key(self) -> Path:
         return self.root / "replicator.key"
 
+    @property
+    def monitor_cert(self) -> Path:
+        return self.root / "monitor.crt"
+
+    @property
+    def monitor_key(self) -> Path:
+        return self.root / "monitor.key"
+
     def leaves(self) -> list[tuple[Path, Path]]:
-        return [(self.cert, self.key), (self.replicator_cert, self.replicator_key)]
+        return [
+            (self.cert, self.key),
+            (self.replicator_cert, self.replicator_key),
+            (self.monitor_cert, self.monitor_key),
+        ]
 
 
 def tls_files(layout: StateLayout) -> TLSFiles:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -29,6 +30,7 @@ from tests.integration.chromium import viewport
 from tests.integration.harness import RunningCluster, cluster_lifecycle
 from videodb.backup_repo import repo_for
 from videodb.cluster.health import check_health
+from videodb.layout import tls_files
 from videodb.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -198,11 +200,46 @@ def test_every_target_is_scraped_and_nothing_fires(watched: RunningCluster) -> N
         timeout=60,
         what="no alert firing on a healthy platform",
     )
-    assert "no alert" in watched.cli("alerts", check=True).stdout
     status = watched.cli_json("status")
     monitors = [s for s in status["services"] if s["role"] == "monitoring"]
     assert {s["name"] for s in monitors} >= {"prometheus", "alertmanager", "node-exporter"}
     assert all(s["healthy"] for s in monitors), monitors
+
+
+def test_the_exporters_log_in_as_a_pg_monitor_role_by_certificate_only(
+    watched: RunningCluster,
+) -> None:
+    role = watched.settings.database.monitor_user
+    with superuser(watched, watched.master) as conn:
+        row = conn.execute(
+            "SELECT rolsuper, rolcanlogin, rolreplication, rolpassword IS NULL,"
+            " pg_has_role(oid, 'pg_monitor', 'member') FROM pg_authid WHERE rolname = %s",
+            (role,),
+        ).fetchone()
+        assert row == (False, True, False, True, True), row
+        sessions = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity a JOIN pg_stat_ssl s USING (pid)"
+            " WHERE a.usename = %s AND s.ssl AND s.client_dn = %s",
+            (role, f"/CN={role}"),
+        ).fetchone()
+    assert sessions is not None and sessions[0] >= 1  # the master's exporter, over TLS
+    files = tls_files(watched.layout)
+    with_cert = {
+        "user": role,
+        "sslmode": "verify-ca",
+        "sslrootcert": str(files.ca),
+        "sslcert": str(files.monitor_cert),
+        "sslkey": str(files.monitor_key),
+    }
+    with watched.app_connect(watched.master, dbname="postgres", **with_cert) as conn:
+        assert conn.execute("SELECT current_user").fetchone() == (role,)
+    # Not into the application's database, and never with a password.
+    for refused in (
+        {**with_cert, "dbname": watched.settings.database.name},
+        {"user": role, "dbname": "postgres", "password": "anything", "sslmode": "require"},
+    ):
+        with pytest.raises(psycopg.OperationalError):
+            watched.app_connect(watched.master, **refused).close()
 
 
 def test_a_stopped_replica_fires_and_resolves(watched: RunningCluster, receiver: Receiver) -> None:
@@ -212,6 +249,8 @@ def test_a_stopped_replica_fires_and_resolves(watched: RunningCluster, receiver:
     try:
         alert = fires_and_is_delivered(watched, receiver, "ReplicaNotStreaming", node=slave)
         assert slave in alert["summary"] and "replication-status" in alert["summary"]
+        table = watched.cli("alerts", check=True).stdout  # the same, for a person
+        assert "ReplicaNotStreaming" in table and "firing" in table and slave in table
         fires_and_is_delivered(watched, receiver, "TargetDown", job="patroni", node=slave)
     finally:
         watched.supervisor().start_program(slave)

@@ -258,7 +258,7 @@ def _expired_certificate(ca: certs.Authority) -> str:
 def test_status_shows_each_certificate_expiry(tls_cluster: RunningCluster) -> None:
     status = tls_cluster.cli_json("status")
     roles = sorted(cert["role"] for cert in status["certificates"])
-    assert roles == ["CA", "host", "replicator"], status["certificates"]
+    assert roles == ["CA", "host", "monitor", "replicator"], status["certificates"]
     assert all(cert["days_left"] > 30 and not cert["warning"] for cert in status["certificates"])
     warned = tls_cluster.cli("--set", "tls.warn_days=1000", "status")
     assert "warning:" in warned.stderr and "host.crt" in warned.stderr

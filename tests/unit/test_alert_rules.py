@@ -110,6 +110,17 @@ CASES = [
             ),
         ],
     ),
+    # A start (no timeline while PostgreSQL comes up), and the newest node going down (the
+    # highest timeline drops): no failover.
+    case(
+        {
+            f'patroni_postgres_timeline{{node="{MASTER}"}}': "0 0 3 3 stale stale",
+            f'patroni_postgres_timeline{{node="{SLAVE}"}}': "0 0 0 2 2 2",
+            f'patroni_primary{{node="{MASTER}",host="{HOST}"}}': "0 0 1 1 stale stale",
+            f'patroni_primary{{node="{SLAVE}",host="{HOST}"}}': "0 0 0 0 1 1",
+        },
+        [("30s", "FailoverHappened", []), ("50s", "FailoverHappened", [])],
+    ),
     case(
         {f'up{{job="patroni",host="{HOST}",node="{SLAVE}",instance="127.0.0.1:8009"}}': "1 0x6"},
         [

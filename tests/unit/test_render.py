@@ -61,7 +61,17 @@ def test_pg_hba_allows_replication_to_replicator_only_by_certificate() -> None:
     reject = rules.index("host all replicator 0.0.0.0/0 reject")
     assert reject < rules.index("host all all 127.0.0.1/32 scram-sha-256")
     # the replication role has no password line at all
-    assert [r for r in rules if "replication" in r.split()[1]] == [rules[2]]
+    assert [r for r in rules if "replication" in r.split()[1]] == [rules[3]]
+
+
+def test_pg_hba_lets_the_monitoring_role_in_by_certificate_to_postgres_only() -> None:
+    rules = render.pg_hba(Settings())
+    assert "hostssl postgres videodb_monitor 127.0.0.1/32 cert" in rules
+    assert "local all videodb_monitor reject" in rules
+    reject = rules.index("host all videodb_monitor 0.0.0.0/0 reject")
+    assert reject < rules.index("host all all 127.0.0.1/32 scram-sha-256")
+    mine = [r for r in rules if "videodb_monitor" in r.split()]
+    assert all(r.endswith((" cert", " reject")) for r in mine), mine
 
 
 def test_every_link_is_tls_verified_against_the_cluster_ca() -> None:

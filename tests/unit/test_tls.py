@@ -71,12 +71,15 @@ def test_first_start_makes_the_files_private_and_names_this_host(tmp_path: Path)
     settings, layout = single(tmp_path)
     tls.ensure_host_certs(settings, layout, ME, quiet)
     files = tls_files(layout)
-    for path in (files.ca, files.cert, files.key, files.replicator_cert, files.replicator_key):
+    leaves = [p for pair in files.leaves() for p in pair]
+    for path in (files.ca, *leaves):
         assert path.stat().st_mode & 0o777 == 0o600, path
     assert files.root.stat().st_mode & 0o777 == 0o700
     assert names(files.cert) == {"local", "localhost", "video-postgres", "127.0.0.1"}
     replicator = certs.read_certs(files.replicator_cert)[0]
     assert replicator.subject.rfc4514_string() == "CN=replicator"
+    monitor = certs.read_certs(files.monitor_cert)[0]
+    assert monitor.subject.rfc4514_string() == "CN=videodb_monitor"
     # the CA key stays in the secrets directory, never beside the host's files
     assert layout.secret("ca.key").exists()
     assert not any("ca.key" in p.name for p in files.root.iterdir())
@@ -122,7 +125,7 @@ def test_status_warns_before_expiry(tmp_path: Path) -> None:
     assert not any(c.warn for c in tls.certificate_status(settings, layout))
     soon = settings.model_copy(update={"tls": settings.tls.model_copy(update={"warn_days": 900})})
     warned = {c.role for c in tls.certificate_status(soon, layout) if c.warn}
-    assert warned == {"host", "replicator"}  # the CA lasts ten years
+    assert warned == {"host", "replicator", "monitor"}  # the CA lasts ten years
 
 
 def test_ca_phases_trust_both_then_sign_with_the_new_then_drop_the_old() -> None:

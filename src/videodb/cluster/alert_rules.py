@@ -51,7 +51,11 @@ def alert_rules(settings: Settings) -> dict[str, Any]:
         ),
         _rule(
             "FailoverHappened",
-            f"(changes(max(patroni_postgres_timeline)[{m.failover_window_m}m:]) > 0)"
+            # The highest timeline now above the lowest it was in the window: it rose. (0, a
+            # node whose PostgreSQL is not up yet, is no timeline; a lower one when the newest
+            # node is down is no failover.)
+            "(max(patroni_postgres_timeline > 0) - min_over_time("
+            f"max(patroni_postgres_timeline > 0)[{m.failover_window_m}m:]) > 0)"
             " * on() group_left(node, host) topk(1, patroni_primary == 1)",
             f"the timeline changed in the last {m.failover_window_m} min (a failover or "
             "switchover): {{ $labels.node }} leads now; see 'platform.sh history'",

@@ -18,7 +18,7 @@ from videodb.config import Settings
 from videodb.errors import NotRunningError, PrerequisiteError, TimeoutExpired
 from videodb.layout import ServiceUser, StateLayout, service_user, traversable_by
 from videodb.ports import port_holder, port_is_free
-from videodb.secrets import load_secrets, write_private
+from videodb.secrets import write_private
 from videodb.services.runtime import AppConfig, storage_dir
 from videodb.services.storage import StoreUnavailableError
 from videodb.services.stores import open_store
@@ -165,7 +165,7 @@ def ensure_programs(settings: Settings, layout: StateLayout, supervisor: Supervi
         raise PrerequisiteError("cannot start:\n  " + "\n  ".join(problems))
     user = service_user()
     seaweedfs.prepare(settings, layout, user)
-    monitoring.prepare(settings, layout, user, load_secrets(layout).superuser_password)
+    monitoring.prepare(settings, layout, user)
     text = render.supervisor_config(settings, layout, tools, user)
     layout.supervisor_config().write_text(text, encoding="utf-8")
     added, _ = supervisor.apply_config()

@@ -21,7 +21,7 @@ from videodb.cluster.health import (
 from videodb.cluster.hosts import etcd_join, promote_when_in_sync, reapply
 from videodb.cluster.monitoring import wait_ready
 from videodb.cluster.patroni_api import PatroniAPI
-from videodb.cluster.pg import ensure_application_database
+from videodb.cluster.pg import ensure_application_database, ensure_monitor_role
 from videodb.cluster.postmaster import pg_ctl_stop, postmaster_pid
 from videodb.cluster.preflight import check_prerequisites, find_toolchain
 from videodb.cluster.state import is_fresh, nodes_to_hold_back, prepare_state, validate_haproxy
@@ -101,6 +101,11 @@ def start(
         tools, _ = find_toolchain(settings)
         if tools is not None:
             changes += reapply(settings, layout, service_user(), tools, secrets.api_password)
+        if settings.monitoring.enabled:
+            # The exporters' role, on a platform started before it existed
+            leader = PatroniAPI(settings).leader()
+            if leader is not None:
+                ensure_monitor_role(settings, secrets, leader)
         # Servers the configuration now lists (SeaweedFS's, after storage.backend changed)
         added = ensure_programs(settings, layout, Supervisor(layout))
         changes += [f"started {name} (newly configured)" for name in added]

@@ -32,7 +32,6 @@ from videodb.cluster.alert_rules import alert_rules
 from videodb.cluster.supervisor import Supervisor
 from videodb.config import HostSpec, NodeSpec, Settings
 from videodb.layout import ServiceUser, StateLayout, tls_files
-from videodb.secrets import write_private
 from videodb.services.ops import OpsSettings
 from videodb.waiting import wait_for
 
@@ -142,10 +141,6 @@ def textfile_dir(layout: StateLayout) -> Path:
     return conf_dir(layout) / "textfile"
 
 
-def password_file(layout: StateLayout) -> Path:
-    return conf_dir(layout) / "exporter.password"
-
-
 def settings_file(layout: StateLayout) -> Path:
     """The settings the backup scheduler runs with (secrets included: 0600, invoking user)."""
     return layout.conf / "settings.json"
@@ -194,8 +189,13 @@ def programs(settings: Settings, layout: StateLayout, host: HostSpec) -> list[Mo
     ]
     tls = tls_files(layout)
     for node in settings.nodes_on(host):
+        # The monitoring role (pg_monitor), logged in by its client certificate; the server's
+        # certificate checked against the cluster CA.
         where = f"{_url_host(host.address)}:{node.port}"
-        uri = f"{where}/postgres?sslmode=verify-ca&sslrootcert={tls.ca}"
+        uri = (
+            f"{where}/postgres?sslmode=verify-ca&sslrootcert={tls.ca}"
+            f"&sslcert={tls.monitor_cert}&sslkey={tls.monitor_key}"
+        )
         found.append(
             MonitorProgram(
                 exporter_program(node),
@@ -211,8 +211,7 @@ def programs(settings: Settings, layout: StateLayout, host: HostSpec) -> list[Mo
                 settings.exporter_port(node),
                 env={
                     "DATA_SOURCE_URI": uri,
-                    "DATA_SOURCE_USER": settings.database.superuser,
-                    "DATA_SOURCE_PASS_FILE": str(password_file(layout)),
+                    "DATA_SOURCE_USER": settings.database.monitor_user,
                     "PGAPPNAME": "videodb-exporter",
                 },
             )
@@ -422,9 +421,7 @@ def _dump(data: Any) -> str:
     )
 
 
-def prepare(
-    settings: Settings, layout: StateLayout, user: ServiceUser, superuser_password: str
-) -> list[str]:
+def prepare(settings: Settings, layout: StateLayout, user: ServiceUser) -> list[str]:
     """Write this host's monitoring files; returns the programs whose files changed (to be
     reloaded or restarted on a running host)."""
     mine = programs(settings, layout, settings.this_host())
@@ -440,15 +437,8 @@ def prepare(
     names = {p.name for p in mine}
     _write(textfile_dir(layout) / "volumes.prom", volumes_textfile(settings, layout), user)
     exporters = [p.name for p in mine if p.name.endswith("-exporter") and p.name != NODE_EXPORTER]
-    if exporters:
-        queries = _write(conf / "postgres-exporter.yml", _dump(EXPORTER_QUERIES), user)
-        old = password_file(layout).read_text() if password_file(layout).exists() else None
-        if old != superuser_password:
-            write_private(password_file(layout), superuser_password)
-            if not user.is_current:
-                os.chown(password_file(layout), user.uid, user.gid)
-        if queries or (old is not None and old != superuser_password):
-            changed += exporters
+    if exporters and _write(conf / "postgres-exporter.yml", _dump(EXPORTER_QUERIES), user):
+        changed += exporters
     if PROMETHEUS in names:
         for folder in (layout.data / "prometheus", layout.data / "alertmanager"):
             folder.mkdir(parents=True, exist_ok=True)
@@ -527,7 +517,7 @@ def watched_files(settings: Settings, layout: StateLayout) -> dict[str, list[Pat
         elif program.name == SCHEDULER:
             found[program.name] = [settings_file(layout)]
         elif program.name != NODE_EXPORTER:
-            found[program.name] = [conf / "postgres-exporter.yml", password_file(layout)]
+            found[program.name] = [conf / "postgres-exporter.yml"]
     return found
 
 

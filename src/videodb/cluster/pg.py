@@ -91,6 +91,25 @@ def ensure_application_database(
                 raise
 
 
+def ensure_monitor_role(settings: Settings, secrets: ClusterSecrets, primary: NodeSpec) -> None:
+    """The exporters' role: LOGIN with no password (it presents its client certificate, and
+    pg_hba lets it into the postgres database only), member of pg_monitor and nothing else."""
+    with connect_superuser(settings, secrets, primary) as conn:
+        conn.execute("SELECT pg_advisory_lock(hashtext('videodb-application-database'))")
+        _monitor_role(conn, settings.database.monitor_user)
+
+
+def _monitor_role(conn: psycopg.Connection[tuple[object, ...]], role: str) -> None:
+    exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
+    verb = "ALTER" if exists else "CREATE"
+    conn.execute(
+        sql.SQL(
+            verb + " ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION PASSWORD NULL"
+        ).format(sql.Identifier(role))
+    )
+    conn.execute(sql.SQL("GRANT pg_monitor TO {}").format(sql.Identifier(role)))
+
+
 def _ensure_application_database(
     settings: Settings, secrets: ClusterSecrets, primary: NodeSpec
 ) -> None:
@@ -99,6 +118,7 @@ def _ensure_application_database(
         # Every host's 'start' runs this; one at a time (concurrent GRANTs fail with "tuple
         # concurrently updated"). The lock goes with this session.
         conn.execute("SELECT pg_advisory_lock(hashtext('videodb-application-database'))")
+        _monitor_role(conn, db.monitor_user)
         verifier = conn.pgconn.encrypt_password(
             db.app_password.get_secret_value().encode(), db.app_user.encode(), b"scram-sha-256"
         ).decode()

@@ -85,9 +85,13 @@ def pg_hba(settings: Settings) -> list[str]:
     remote = [c for c in (_cidr(h.address) for h in settings.topology_hosts()) if c != loopback]
     return [
         f"local all {db.replication_user} reject",
+        f"local all {db.monitor_user} reject",
         "local all all scram-sha-256",
         *(f"hostssl replication {db.replication_user} {s} cert" for s in [loopback, *remote]),
         f"host all {db.replication_user} 0.0.0.0/0 reject",
+        # The monitoring role: its certificate, to the postgres database only.
+        *(f"hostssl postgres {db.monitor_user} {s} cert" for s in [loopback, *remote]),
+        f"host all {db.monitor_user} 0.0.0.0/0 reject",
         f"host all all {loopback} scram-sha-256",
         *(f"hostssl all all {s} scram-sha-256" for s in remote),
         "host all all 0.0.0.0/0 reject",

@@ -113,7 +113,7 @@ def prepare_state(
         if not state.exists():  # nothing saved yet: an empty state of format version 1
             state.write_text("1\n", encoding="utf-8")
     seaweedfs.prepare(settings, layout, user)
-    monitoring.prepare(settings, layout, user, secrets.superuser_password)
+    monitoring.prepare(settings, layout, user)
     layout.supervisor_config().write_text(
         render.supervisor_config(settings, layout, tools, user, held_back, etcd_join),
         encoding="utf-8",

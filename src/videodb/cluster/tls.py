@@ -12,6 +12,8 @@ signed by the CA (no key is shared between hosts), under `conf/tls/` (0700, the 
                      HAProxy)
     replicator.crt/.key  a client certificate for the replication role (CN = its name): replicas
                      and pg_basebackup log in with it; the role has no password
+    monitor.crt/.key     the same for the monitoring role (pg_monitor only): the postgres
+                     exporters log in with it
 """
 
 from __future__ import annotations
@@ -167,10 +169,18 @@ def issue_host_certs(
     days = settings.tls.host_cert_days
     host = issue(ca, settings.this_host().name, dns=dns, ips=ips, days=days)
     _write_pair(files.cert, files.key, host.cert_pem, host.key_pem, user)
+    _issue_monitor(settings, files, ca, user)
     replicator = issue(ca, settings.database.replication_user, server=False, days=days)
     _write_pair(
         files.replicator_cert, files.replicator_key, replicator.cert_pem, replicator.key_pem, user
     )
+
+
+def _issue_monitor(settings: Settings, files: TLSFiles, ca: Authority, user: ServiceUser) -> None:
+    monitor = issue(
+        ca, settings.database.monitor_user, server=False, days=settings.tls.host_cert_days
+    )
+    _write_pair(files.monitor_cert, files.monitor_key, monitor.cert_pem, monitor.key_pem, user)
 
 
 def _covers(cert: x509.Certificate, settings: Settings) -> bool:
@@ -194,6 +204,10 @@ def ensure_host_certs(
         return
     _own_dir(files, user)
     _write_trust(files, material, user)
+    if not files.monitor_cert.exists() and not files.monitor_key.exists():
+        # Certificates made before the monitoring role had one: add it, keep the rest.
+        progress("making the monitoring role's client certificate")
+        _issue_monitor(settings, files, authority(settings, layout, material), user)
     trusted = x509.load_pem_x509_certificates(material.trust_pem.encode())
     now = dt.datetime.now(dt.UTC)
     for ca in trusted:
@@ -229,7 +243,7 @@ def ensure_host_certs(
 @dataclass(frozen=True)
 class CertStatus:
     info: CertInfo
-    role: str  # "CA", "host", "replicator"
+    role: str  # "CA", "host", "replicator", "monitor"
     warn: bool  # expires within tls.warn_days
 
     def to_json(self) -> dict[str, object]:
@@ -253,6 +267,7 @@ def certificate_status(settings: Settings, layout: StateLayout) -> list[CertStat
         (files.ca, "CA"),
         (files.cert, "host"),
         (files.replicator_cert, "replicator"),
+        (files.monitor_cert, "monitor"),
     ):
         if not path.exists():
             continue
