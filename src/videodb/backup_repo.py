@@ -75,6 +75,12 @@ class BackupRepo:
     def ensure(self, uid: int | None = None, gid: int | None = None) -> None:
         """Create the directories; the service user (which archives WAL) must own them."""
         for directory in (self.root, self.base, self.dumps, self.wal, self.videos):
+            if directory.exists() and not directory.is_dir():
+                raise ConfigError(
+                    f"the backup repository's {directory} is not a directory; move it away "
+                    "(the repository holds base/, dumps/, wal/ and videos/ directories), or "
+                    "choose another repository with --set backup.repo_dir=PATH"
+                )
             directory.mkdir(parents=True, exist_ok=True)
             if uid is not None and gid is not None:
                 os.chown(directory, uid, gid)

@@ -131,25 +131,9 @@ def _storage(
     host: HostSpec,
     programs: dict[str, ProgramStatus] | None,
 ) -> list[ServiceStatus]:
-    """SeaweedFS's servers on `host` (storage.backend = "seaweedfs"): healthy when running
-    and answering on their HTTP port."""
-    found = []
-    for weed in seaweedfs.programs(settings, layout, host):
-        state, pid = _program(programs, weed.name)
-        up = state in ("RUNNING", REMOTE) and seaweedfs.answers(host.address, weed.ports["http"])
-        found.append(
-            ServiceStatus(
-                weed.name,
-                "storage",
-                state,
-                up,
-                pid,
-                dict(weed.ports),
-                detail="answering" if up else f"not answering on port {weed.ports['http']}",
-                host=host.name,
-            )
-        )
-    return found
+    """SeaweedFS's servers on `host` (storage.backend = "seaweedfs")."""
+    servers = [(w.name, dict(w.ports)) for w in seaweedfs.programs(settings, layout, host)]
+    return _answering(host, programs, "storage", servers)
 
 
 def _monitoring(
@@ -158,23 +142,25 @@ def _monitoring(
     host: HostSpec,
     programs: dict[str, ProgramStatus] | None,
 ) -> list[ServiceStatus]:
-    """Prometheus, Alertmanager, the exporters and the backup scheduler on `host`: healthy when
-    running and answering on their port."""
+    """Prometheus, Alertmanager, the exporters and the backup scheduler on `host`."""
+    servers = [(p.name, {"http": p.port}) for p in monitoring.programs(settings, layout, host)]
+    return _answering(host, programs, "monitoring", servers)
+
+
+def _answering(
+    host: HostSpec,
+    programs: dict[str, ProgramStatus] | None,
+    role: str,
+    servers: list[tuple[str, dict[str, int]]],
+) -> list[ServiceStatus]:
+    """Each (program, ports) of `host`: healthy when running and answering on its HTTP port."""
     found = []
-    for watcher in monitoring.programs(settings, layout, host):
-        state, pid = _program(programs, watcher.name)
-        up = state in ("RUNNING", REMOTE) and seaweedfs.answers(host.address, watcher.port)
+    for name, ports in servers:
+        state, pid = _program(programs, name)
+        up = state in ("RUNNING", REMOTE) and seaweedfs.answers(host.address, ports["http"])
+        detail = "answering" if up else f"not answering on port {ports['http']}"
         found.append(
-            ServiceStatus(
-                watcher.name,
-                "monitoring",
-                state,
-                up,
-                pid,
-                {"http": watcher.port},
-                detail="answering" if up else f"not answering on port {watcher.port}",
-                host=host.name,
-            )
+            ServiceStatus(name, role, state, up, pid, ports, detail=detail, host=host.name)
         )
     return found
 
